@@ -1,0 +1,3 @@
+from unifashion.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""Presets and typed configs: one place for every size and knob.
+
+Three presets share one code path:
+
+- ``tiny``: random small modules, for unit tests (seconds).
+- ``mini``: EfficientNet-Lite0 + MiniLM-initialised Q-Former + SmolLM2-135M +
+  a small latent diffusion model; offline on a laptop CPU (the default).
+- ``paper``: BLIP-2 ViT-g + Q-Former, a LLaVA-class LLM and SD v1.4; GPUs,
+  weights from local folders or a hub the user can reach.
+
+Configs are frozen dataclasses. ``to_dict``/``from_dict`` round-trip them
+through ``config.json``; ``from_dict`` names the field and the expected type
+when a value is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from unifashion.utils.errors import ConfigError
+
+PRESETS = ("tiny", "mini", "paper")
+
+VisionKind = Literal["tiny_cnn", "efficientnet_lite0", "blip2_vit"]
+LLMKind = Literal["tiny_llama", "smollm2", "causal_lm"]
+ResizeMode = Literal["crop", "pad"]
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The frozen image encoder that feeds the Q-Former's cross-attention."""
+
+    kind: VisionKind = "efficientnet_lite0"
+    image_size: int = 224
+    # "pad" keeps the whole garment of a tall product photo; "crop" is the
+    # ImageNet habit (shorter side to image_size, then centre crop).
+    resize_mode: ResizeMode = "pad"
+    pad_value: int = 255
+    feature_dim: int = 1280  # C of the patch features (B, N, C)
+    # bf16 autocast on CPUs with native bf16 (features agree with fp32 to a
+    # cosine of > 0.99; see tests/integration/test_backbones.py).
+    autocast_bf16: bool = True
+    # blip2_vit only: hub id or local folder of a BLIP-2 checkpoint.
+    source: str | None = None
+    # tiny_cnn only: width of the random CNN and the seed of its weights.
+    tiny_width: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class QFormerConfig:
+    """BERT-like Q-Former with learnable queries (paper Eq. 2 and 9)."""
+
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    num_query_tokens: int = 32
+    cross_attention_frequency: int = 2  # BLIP-2's: cross-attention every other layer
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    max_text_length: int = 64
+    # Size of the shared retrieval embedding (ITC projections).
+    embed_dim: int = 256
+    # "minilm": initialise from all-MiniLM-L6-v2 (mini); "random": fresh
+    # weights (tiny); "blip2": load from the BLIP-2 checkpoint in ``source``.
+    init: Literal["minilm", "random", "blip2"] = "minilm"
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The caption head: a causal LM prompted with the adapted queries."""
+
+    kind: LLMKind = "smollm2"
+    # causal_lm only: hub id or local folder (safetensors).
+    source: str | None = None
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_new_tokens: int = 40
+    # tiny_llama only: the random model's size.
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The image head: a latent-diffusion U-Net and its VAE."""
+
+    # Trained here for tiny/mini; loaded from ``source`` (a Stable Diffusion
+    # or Paint-by-Example folder with unet/ and vae/) for paper.
+    source: str | None = None
+    image_size: int = 64  # pixels the VAE encodes
+    latent_channels: int = 4
+    vae_block_channels: tuple[int, ...] = (32, 64, 64)
+    unet_block_channels: tuple[int, ...] = (64, 128, 192)
+    unet_layers_per_block: int = 1
+    cross_attention_dim: int = 256
+    attention_head_dim: int = 32
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    condition_dropout: float = 0.1  # for classifier-free guidance (App. B)
+    guidance_scale: float = 3.0
+    sampler: Literal["plms", "ddim", "dpm++"] = "dpm++"
+    sampling_steps: int = 20
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a UniFashion model of one preset."""
+
+    preset: str = "mini"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> ModelConfig:
+        return from_dict(cls, data, where=where)
+
+
+def tiny() -> ModelConfig:
+    return ModelConfig(
+        preset="tiny",
+        vision=VisionConfig(kind="tiny_cnn", image_size=64, feature_dim=32, tiny_width=32),
+        qformer=QFormerConfig(
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=128,
+            num_query_tokens=8,
+            max_position_embeddings=128,
+            max_text_length=32,
+            embed_dim=32,
+            init="random",
+        ),
+        llm=LLMConfig(kind="tiny_llama", lora_rank=4, lora_alpha=8, max_new_tokens=16),
+        diffusion=DiffusionConfig(
+            image_size=32,
+            vae_block_channels=(16, 32),
+            unet_block_channels=(32, 64),
+            cross_attention_dim=64,
+            attention_head_dim=16,
+            sampling_steps=5,
+        ),
+    )
+
+
+def mini() -> ModelConfig:
+    return ModelConfig(preset="mini")
+
+
+def paper() -> ModelConfig:
+    """Sizes of the paper (Appendix D); weights come from user-given sources."""
+    return ModelConfig(
+        preset="paper",
+        vision=VisionConfig(
+            kind="blip2_vit",
+            image_size=224,
+            resize_mode="crop",
+            feature_dim=1408,
+            source="Salesforce/blip2-itm-vit-g",
+        ),
+        qformer=QFormerConfig(
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            intermediate_size=3072,
+            num_query_tokens=32,
+            cross_attention_frequency=2,
+            max_text_length=64,
+            embed_dim=256,
+            init="blip2",
+            source="Salesforce/blip2-itm-vit-g",
+        ),
+        llm=LLMConfig(
+            kind="causal_lm",
+            source="lmsys/vicuna-7b-v1.5",
+            lora_rank=128,
+            lora_alpha=256,
+            max_new_tokens=60,
+        ),
+        diffusion=DiffusionConfig(
+            source="CompVis/stable-diffusion-v1-4",
+            image_size=512,
+            cross_attention_dim=768,
+            beta_schedule="scaled_linear",
+            guidance_scale=7.5,
+            sampler="plms",
+            sampling_steps=50,
+        ),
+    )
+
+
+_PRESET_FACTORIES = {"tiny": tiny, "mini": mini, "paper": paper}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The config of preset ``name`` (one of :data:`PRESETS`)."""
+    try:
+        return _PRESET_FACTORIES[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------
+# dict <-> dataclass, with errors that name the field
+
+
+def to_dict(obj: Any) -> Any:
+    """A JSON-ready copy of a config dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def from_dict(cls: type, data: Any, *, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown or mistyped fields raise
+    :class:`ConfigError` naming ``where.field`` and the expected type. Fields
+    absent from ``data`` keep their defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where=where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        item_type = args[0] if args else Any
+        return tuple(_coerce(item_type, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp!r}")
