@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/unifashion doctor
+	rm -rf $(DEMO_OUT)/fashionsynth
+	$(VENV)/bin/unifashion data synth --out $(DEMO_OUT)/fashionsynth --products 1000
+	$(VENV)/bin/unifashion data stats $(DEMO_OUT)/fashionsynth
+	$(VENV)/bin/unifashion data preview $(DEMO_OUT)/fashionsynth --out $(DEMO_OUT)/fashionsynth-preview.png
+	@echo "FashionSynth is in $(DEMO_OUT)/fashionsynth; open $(DEMO_OUT)/fashionsynth-preview.png to look at it."
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check unifashion tests benchmarks

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="mini", choices=("tiny", "mini", "paper"))
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_doctor)
+
+    from unifashion.data.cli import add_data_commands
+
+    add_data_commands(sub)
     return parser
 
 

@@ -1,0 +1,163 @@
+"""FashionSynth's attribute vocabulary and the sampling of products, families and splits.
+
+Every product has ground-truth attributes: ``category``, ``colour``,
+``pattern`` (+ ``pattern_colour`` unless solid), and, where they apply,
+``sleeve``, ``neckline`` and ``length``. Products come in *families*: a base
+product and variants that differ from it in one to three attributes; the
+composed-retrieval triplets link members of a family.
+
+Splits are by family. The ``novel`` split holds families whose
+(colour, category) pairs never occur in train/val/test, to measure
+compositional generalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# name -> sRGB of the cloth under neutral light
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "black": (28, 28, 30),
+    "white": (242, 242, 238),
+    "grey": (128, 128, 132),
+    "red": (200, 30, 40),
+    "pink": (240, 140, 175),
+    "orange": (240, 125, 25),
+    "yellow": (242, 205, 40),
+    "green": (40, 140, 60),
+    "teal": (20, 140, 140),
+    "blue": (45, 95, 210),
+    "navy": (25, 35, 95),
+    "purple": (120, 50, 155),
+    "brown": (115, 70, 40),
+    "beige": (215, 195, 155),
+}
+
+CATEGORIES = ("dress", "shirt", "toptee", "skirt", "trousers", "jacket")
+PATTERNS = ("solid", "stripes", "polka dots", "checks", "floral")
+SLEEVES = ("sleeveless", "short", "long")
+NECKLINES = ("crew", "v-neck", "scoop", "square")
+DRESS_LENGTHS = ("mini", "knee", "midi", "maxi")
+TROUSER_LENGTHS = ("shorts", "cropped", "full")
+
+# Which attributes each category has, and their possible values.
+CATEGORY_ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
+    "dress": {"sleeve": SLEEVES, "neckline": NECKLINES, "length": DRESS_LENGTHS},
+    "shirt": {"sleeve": ("short", "long")},
+    "toptee": {"sleeve": SLEEVES, "neckline": NECKLINES},
+    "skirt": {"length": DRESS_LENGTHS},
+    "trousers": {"length": TROUSER_LENGTHS},
+    "jacket": {},
+}
+
+# Garment groups of the try-on layouts.
+VITON_CATEGORIES = ("shirt", "toptee", "jacket")  # VITON-HD: upper body only
+DRESSCODE_GROUP = {
+    "shirt": "upper_body",
+    "toptee": "upper_body",
+    "jacket": "upper_body",
+    "skirt": "lower_body",
+    "trousers": "lower_body",
+    "dress": "dresses",
+}
+FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
+
+SPLITS = ("train", "val", "test", "novel")
+SPLIT_SHARES = {"train": 0.74, "val": 0.09, "test": 0.09, "novel": 0.08}
+NOVEL_COLOURS_PER_CATEGORY = 2
+
+
+def attribute_names(category: str) -> tuple[str, ...]:
+    """Changeable attributes of ``category``, in caption order."""
+    names = ["colour", "pattern"]
+    names += list(CATEGORY_ATTRIBUTES[category])
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class SynthPlan:
+    """The held-out (colour, category) pairs of one seed."""
+
+    novel_pairs: frozenset[tuple[str, str]]
+
+    def is_novel(self, colour: str, category: str) -> bool:
+        return (colour, category) in self.novel_pairs
+
+    def novel_colours(self, category: str) -> list[str]:
+        return sorted(c for c, cat in self.novel_pairs if cat == category)
+
+
+def make_plan(seed: int) -> SynthPlan:
+    """Hold out ``NOVEL_COLOURS_PER_CATEGORY`` colours per category, each colour
+    at most once over all categories (so every colour is still seen in train)."""
+    rng = np.random.default_rng([seed, 7919])
+    colours = list(COLOURS)
+    order = rng.permutation(len(colours))
+    pairs = []
+    k = 0
+    for cat in CATEGORIES:
+        for _ in range(NOVEL_COLOURS_PER_CATEGORY):
+            pairs.append((colours[order[k % len(colours)]], cat))
+            k += 1
+    return SynthPlan(frozenset(pairs))
+
+
+def sample_attributes(rng: np.random.Generator, category: str, colours: list[str]) -> dict[str, str]:
+    """Random attributes for a product of ``category``; colour from ``colours``."""
+    attrs = {"category": category, "colour": str(rng.choice(colours))}
+    # Solid is the most common pattern in catalogues.
+    attrs["pattern"] = str(rng.choice(PATTERNS, p=[0.4, 0.15, 0.15, 0.15, 0.15]))
+    if attrs["pattern"] != "solid":
+        attrs["pattern_colour"] = contrasting_colour(rng, attrs["colour"])
+    for name, values in CATEGORY_ATTRIBUTES[category].items():
+        attrs[name] = str(rng.choice(values))
+    return attrs
+
+
+def contrasting_colour(rng: np.random.Generator, colour: str) -> str:
+    """A pattern colour that stands out from ``colour`` (RGB distance > 120)."""
+    base = np.array(COLOURS[colour], dtype=float)
+    choices = [c for c, rgb in COLOURS.items() if np.linalg.norm(np.array(rgb) - base) > 120]
+    return str(rng.choice(choices))
+
+
+def make_variant(
+    rng: np.random.Generator, base: dict[str, str], colours: list[str], n_changes: int
+) -> tuple[dict[str, str], dict[str, list[str]]] | None:
+    """A copy of ``base`` with ``n_changes`` attributes changed (colours from
+    ``colours``); returns ``(attributes, changes)`` or None if not possible."""
+    category = base["category"]
+    names = list(attribute_names(category))
+    rng.shuffle(names)
+    attrs = dict(base)
+    changes: dict[str, list[str]] = {}
+    for name in names:
+        if len(changes) == n_changes:
+            break
+        if name == "colour":
+            options = [c for c in colours if c != base["colour"]]
+        elif name == "pattern":
+            options = [p for p in PATTERNS if p != base["pattern"]]
+        else:
+            options = [v for v in CATEGORY_ATTRIBUTES[category][name] if v != base[name]]
+        if not options:
+            continue
+        attrs[name] = str(rng.choice(options))
+        changes[name] = [base[name], attrs[name]]
+    if len(changes) < n_changes:
+        return None
+    # Keep the pattern colour consistent with the (possibly new) pattern and colour.
+    if attrs["pattern"] == "solid":
+        attrs.pop("pattern_colour", None)
+    else:
+        pc = attrs.get("pattern_colour")
+        if pc is None or np.linalg.norm(np.subtract(COLOURS[pc], COLOURS[attrs["colour"]])) <= 120:
+            attrs["pattern_colour"] = contrasting_colour(rng, attrs["colour"])
+    return attrs, changes
+
+
+def differences(a: dict[str, str], b: dict[str, str]) -> dict[str, list[str]]:
+    """Attributes (of ``attribute_names``) whose values differ between a and b."""
+    return {n: [a[n], b[n]] for n in attribute_names(a["category"]) if a.get(n) != b.get(n)}
