@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     from unifashion.data.cli import add_data_commands
 
     add_data_commands(sub)
+
+    from unifashion.training.cli import add_train_eval_commands
+
+    add_train_eval_commands(sub)
     return parser
 
 

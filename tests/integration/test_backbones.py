@@ -31,8 +31,8 @@ def test_efficientnet_classifies_chelsea_as_a_cat(effnet):
 def test_efficientnet_features_shapes_and_frozen(effnet):
     images = [Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.astronaut())]
     feats = effnet.encode(images)
-    assert feats.patch.shape == (2, 49, 1280)
-    assert feats.pooled.shape == (2, 1280)
+    assert feats.patch.shape == (2, 49, 1600)  # last block (320) + head (1280)
+    assert feats.pooled.shape == (2, 1600)
     assert torch.allclose(feats.pooled, feats.patch.mean(1))
     assert not any(p.requires_grad for p in effnet.parameters())
     effnet.train()

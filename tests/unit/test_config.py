@@ -16,7 +16,7 @@ def test_presets_round_trip_through_json(name):
 
 def test_preset_sizes_follow_the_architecture():
     mini, paper, tiny = get_preset("mini"), get_preset("paper"), get_preset("tiny")
-    assert mini.vision.kind == "efficientnet_lite0" and mini.vision.feature_dim == 1280
+    assert mini.vision.kind == "efficientnet_lite0" and mini.vision.feature_dim == 1600  # last block + head
     assert (mini.qformer.hidden_size, mini.qformer.num_layers, mini.qformer.num_query_tokens) == (384, 6, 32)
     assert mini.qformer.init == "minilm" and mini.llm.kind == "smollm2"
     assert (paper.qformer.hidden_size, paper.llm.lora_rank, paper.llm.lora_alpha) == (768, 128, 256)

@@ -153,15 +153,25 @@ class EfficientNetLite0Encoder(VisionEncoder):
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels - 127.0) / 128.0
 
+    def _maps(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last block's map (B, 320, h, w), head map (B, 1280, h, w))."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixel_values.contiguous(memory_format=torch.channels_last))))
+        for block in net._blocks:
+            x = block(x, drop_connect_rate=0.0)  # eval mode: drop-connect is off anyway
+        return x, net._swish(net._bn1(net._conv_head(x)))
+
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        fmap = self.net.extract_features(pixel_values.contiguous(memory_format=torch.channels_last))
-        return fmap.flatten(2).transpose(1, 2)  # (B, 1280, h, w) -> (B, h*w, 1280)
+        blocks, head = self._maps(pixel_values)
+        layer = self.config.feature_layer
+        fmap = head if layer == "head" else blocks if layer == "blocks" else torch.cat([blocks, head], dim=1)
+        return fmap.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
 
     @torch.no_grad()
     def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, 1000) through the original classifier head."""
-        pooled = self.forward(pixel_values).pooled
-        return self.net._fc(pooled)
+        _, head = self._maps(pixel_values)
+        return self.net._fc(head.float().mean(dim=(2, 3)))
 
 
 def efficientnet_lite0_weights() -> tuple[Path, bool]:
@@ -203,6 +213,13 @@ def load_efficientnet_lite0(config: VisionConfig) -> EfficientNetLite0Encoder:
         ) from None
     from safetensors.torch import load_file
 
+    expected = {"head": 1280, "blocks": 320, "both": 1600}.get(config.feature_layer)
+    if expected is None:
+        raise BackboneError(f"vision.feature_layer: expected 'head', 'blocks' or 'both', got {config.feature_layer!r}")
+    if config.feature_dim != expected:
+        raise BackboneError(
+            f"vision.feature_dim: feature_layer {config.feature_layer!r} gives {expected}, config says {config.feature_dim}"
+        )
     if config.image_size % 32:
         raise BackboneError(f"vision.image_size: EfficientNet-Lite0 needs a multiple of 32, got {config.image_size}")
     folder, _ = efficientnet_lite0_weights()

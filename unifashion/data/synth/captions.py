@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unifashion.data.synth.attributes import COLOURS, DRESS_LENGTHS, SLEEVES, TROUSER_LENGTHS, attribute_names
+from unifashion.data.synth.attributes import CATEGORY_ATTRIBUTES, COLOURS, SLEEVES, attribute_names
 
 NOUNS = {
     "dress": ("dress",),
@@ -33,14 +33,9 @@ PATTERN_ADJ = {"solid": "", "stripes": "striped", "polka dots": "polka-dot", "ch
 SLEEVE_ADJ = {"sleeveless": "sleeveless", "short": "short-sleeve", "long": "long-sleeve"}
 NECKLINE_PHRASE = {"crew": "crewneck", "v-neck": "v-neck", "scoop": "scoop neck", "square": "square neck"}
 LENGTH_ADJ = {
-    "mini": "mini",
-    "knee": "knee-length",
-    "midi": "midi",
-    "maxi": "maxi",
-    "shorts": "",
-    "cropped": "cropped",
-    "full": "full-length",
-}
+    "mini": "mini", "knee": "knee-length", "midi": "midi", "maxi": "maxi", "shorts": "", "cropped": "cropped",
+    "full": "full-length", "hip": "hip-length", "long": "longline",
+}  # fmt: skip
 COLOUR_SYNONYMS = {
     "grey": ("grey", "gray"),
     "navy": ("navy", "navy blue", "dark blue"),
@@ -105,6 +100,8 @@ def description(attrs: dict[str, str], rng: np.random.Generator) -> str:
         extra.append(_pick(rng, [f"{n.capitalize()} collar.", f"{n.capitalize()} neckline."]))
     if cat == "shirt":
         extra += ["Spread collar.", "Button closure at front."]
+        if attrs.get("pocket") == "chest pocket":
+            extra.append("Patch pocket at chest.")
     elif cat == "jacket":
         extra += ["Notched lapel.", "Two-button closure at front."]
     elif cat == "trousers":
@@ -176,10 +173,10 @@ def change_phrase(rng: np.random.Generator, name: str, old: str, new: str, targe
         }[new]
         return _pick(rng, base)
     if name == "length":
-        order = DRESS_LENGTHS if new in DRESS_LENGTHS else TROUSER_LENGTHS
+        order = CATEGORY_ATTRIBUTES[target["category"]]["length"]
         longer = order.index(new) > order.index(old)
         more = "longer" if longer else "shorter"
-        part = "legs" if order is TROUSER_LENGTHS else "hem"
+        part = "legs" if target["category"] == "trousers" else "hem"
         comparative = [
             f"is {more}",
             f"is {more}",
@@ -192,10 +189,21 @@ def change_phrase(rng: np.random.Generator, name: str, old: str, new: str, targe
             "midi": ["is midi length", "is a midi"],
             "maxi": ["is maxi length", "is floor length"],
             "shorts": ["is shorts", "is a pair of shorts"],
-            "cropped": ["is cropped", "is ankle cropped"],
+            "cropped": ["is cropped", "is ankle cropped"]
+            if target["category"] == "trousers"
+            else ["is cropped", "is a cropped one"],
             "full": ["is full length", "has full length legs"],
+            "hip": ["is hip length", "ends at the hip"],
+            "long": ["is a long coat", "is longline"],
         }[new]
         return _pick(rng, comparative + absolute)
+    if name == "pocket":
+        return _pick(
+            rng,
+            ["has a chest pocket", "has a pocket", "with a pocket"]
+            if new != "none"
+            else ["has no pocket", "has no pockets", "without the pocket"],
+        )
     raise ValueError(f"unknown attribute {name!r}")
 
 

@@ -87,6 +87,7 @@ def plan_catalogue(cfg: SynthConfig) -> dict[str, Any]:
     all_colours = list(A.COLOURS)
     products: list[dict[str, Any]] = []
     triplets: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
     family = 0
     while len(products) < cfg.products:
         split = str(rng.choice(split_names, p=split_p))
@@ -96,15 +97,21 @@ def plan_catalogue(cfg: SynthConfig) -> dict[str, Any]:
         else:
             held_out = set(plan.novel_colours(cat))
             colours = [c for c in all_colours if c not in held_out]
-        base = A.sample_attributes(rng, cat, colours)
+        # Every product is a distinct look: an exact twin would make "the" match ambiguous.
+        for _attempt in range(20):
+            base = A.sample_attributes(rng, cat, colours)
+            if A.attribute_key(base) not in seen:
+                break
+        seen.add(A.attribute_key(base))
         members = [base]
         for _ in range(int(rng.integers(1, 4))):
             if len(products) + len(members) >= cfg.products:
                 break
-            for _attempt in range(5):
+            for _attempt in range(10):
                 made = A.make_variant(rng, base, colours, int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])))
-                if made and all(made[0] != m for m in members):
+                if made and A.attribute_key(made[0]) not in seen:
                     members.append(made[0])
+                    seen.add(A.attribute_key(made[0]))
                     break
         first = len(products)
         for attrs in members:

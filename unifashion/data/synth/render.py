@@ -30,6 +30,7 @@ KEYPOINTS = (
 )  # fmt: skip
 K = {name: i for i, name in enumerate(KEYPOINTS)}
 
+JACKET_HEM = {"cropped": 0.8, "hip": 1.12, "long": 1.55}  # hem position: 0 shoulders, 1 hips
 POSES = ("arms_down", "arms_out", "hand_on_hip", "stride")
 BODY_SHAPES = {"slim": (0.9, 0.92), "regular": (1.0, 1.0), "broad": (1.12, 1.08)}  # (shoulders, hips)
 SKIN_TONES = ((226, 196, 170), (198, 156, 120), (150, 105, 75), (235, 214, 196))
@@ -208,7 +209,8 @@ def garment_geometry(attrs: dict[str, str], kp: np.ndarray, *, back: bool = Fals
         if cat == "dress":
             body = torso(0.62)
         elif cat == "jacket":
-            body = torso(1.12, flare=0.02, loose=0.04)
+            hem_t = JACKET_HEM[attrs.get("length", "hip")]
+            body = torso(hem_t, flare=0.02 + 0.04 * (hem_t > 1.3), loose=0.04)
         elif cat == "shirt":
             body = torso(1.12, loose=0.02)
         else:
@@ -234,8 +236,12 @@ def garment_geometry(attrs: dict[str, str], kp: np.ndarray, *, back: bool = Fals
                 g.lines.append(np.array([neck + down * 0.16 * sw, hem]))
                 for t in np.linspace(0.22, 0.9, 5):
                     g.dots.append((_lerp(neck + down * 0.16 * sw, hem, t) + side * 0.03 * sw, 0.025 * sw))
+                if attrs.get("pocket") == "chest pocket":  # on the wearer's left chest
+                    c = _lerp(neck, _lerp(s_l, h_l, 0.3), 0.75) + side * 0.02 * sw
+                    a, b = c - side * 0.11 * sw - down * 0.1 * sw, c + side * 0.11 * sw + down * 0.12 * sw
+                    g.parts.append(Part("pocket", [np.array([a, [b[0], a[1]], b, [a[0], b[1]]])], kind="detail"))
         else:  # jacket: open front with lapels
-            hem = _lerp(neck, _lerp(h_r, h_l, 0.5), 1.12)
+            hem = _lerp(neck, _lerp(h_r, h_l, 0.5), JACKET_HEM[attrs.get("length", "hip")])
             if not back:
                 opening = np.array([neck - side * 0.16 * sw, neck + side * 0.16 * sw, neck + side * 0.05 * sw + down * 0.75 * sw,
                                     hem + side * 0.05 * sw, hem - side * 0.05 * sw, neck - side * 0.05 * sw + down * 0.75 * sw])  # fmt: skip
@@ -427,21 +433,23 @@ def pattern_texture(
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ca, sa = math.cos(angle), math.sin(angle)
     u, v = xx * ca + yy * sa, -xx * sa + yy * ca
+    # The base colour always covers most of the cloth ("red with white stripes"
+    # is mostly red), so colour and pattern colour are never interchangeable.
     period = unit * rng.uniform(0.16, 0.24)
     if pattern == "stripes":
         along = v if rng.random() < 0.5 else u
-        m = (along % period) < period * rng.uniform(0.35, 0.5)
+        m = (along % period) < period * rng.uniform(0.2, 0.3)
     elif pattern == "checks":
-        width = period * 0.4
+        width = period * rng.uniform(0.18, 0.26)
         a = ((u % period) < width).astype(np.float32)
         b = ((v % period) < width).astype(np.float32)
-        alpha = np.clip(0.55 * a + 0.55 * b, 0, 1)[..., None]
+        alpha = np.clip(0.6 * a + 0.6 * b, 0, 1)[..., None]
         return tex * (1 - alpha) + pc * alpha
     elif pattern == "polka dots":
         row = np.floor(v / period)
         uu = (u + (row % 2) * period / 2) % period - period / 2
         vv = v % period - period / 2
-        m = uu**2 + vv**2 < (period * rng.uniform(0.2, 0.28)) ** 2
+        m = uu**2 + vv**2 < (period * rng.uniform(0.18, 0.25)) ** 2
     elif pattern == "floral":
         m = np.zeros((h, w), bool)
         centre_col = (

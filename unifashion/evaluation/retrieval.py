@@ -1,0 +1,352 @@
+"""``unifashion eval retrieval``: cross-modal and composed retrieval with the paper's protocols.
+
+Cross-modal retrieval (CMR), image -> text and text -> image, R@1/5/10:
+
+- ``random100``: for each query product, 100 candidates of its category, one
+  of them the true match (the random-100 protocol of FashionGen papers),
+  sampled with a fixed seed; ITC ranking, and ITC + ITM re-ranking of the top k.
+- ``full``: every image against every caption of the split.
+
+Composed retrieval (CIR), the Fashion-IQ protocol: per category the index is
+every image of that category in the split (the reference included), the query
+text joins the two relative captions; R@10, R@50, their mean, and the average
+over categories. Beside the model (``composed``: e_cls of Eq. 9, and its ITM
+re-ranking) the same run scores three baselines on the same backbones:
+``image_only`` (the reference image's embedding), ``text_only`` (the caption's
+embedding) and ``late_fusion`` (normalised sum of both, CLIP4Cir-style).
+
+Scores use the protocol functions of :mod:`unifashion.evaluation.protocols`
+(ties count against the target).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.data.records import DatasetSplit
+from unifashion.evaluation import protocols as P
+from unifashion.models.qformer import max_over_queries
+from unifashion.models.retrieval import RetrievalModel
+from unifashion.training.data import FeatureTable
+from unifashion.training.loop import autocast
+from unifashion.utils.io import atomic_write_bytes, atomic_write_json
+
+
+@dataclass
+class EncodedImages:
+    table: FeatureTable
+    embeds: torch.Tensor  # (M, Q, e) normalised query projections
+    vectors: torch.Tensor  # (M, e) their normalised mean: one vector per image (image-only baseline)
+
+
+@torch.no_grad()
+def encode_images(
+    model: RetrievalModel, table: FeatureTable, batch_size: int = 128, bf16: bool = True, progress: bool = False
+) -> EncodedImages:
+    qf = model.qformer.eval()
+    chunks = []
+    n = table.feats.shape[0]
+    for start in tqdm(range(0, n, batch_size), desc="image embeddings", disable=not progress, leave=False):
+        with autocast(bf16):
+            chunks.append(qf.image_embeddings(table.batch(list(range(start, min(n, start + batch_size))))).float())
+    embeds = torch.cat(chunks) if chunks else torch.zeros(0, qf.num_queries, qf.config.embed_dim)
+    return EncodedImages(table, embeds, F.normalize(embeds.mean(dim=1), dim=-1))
+
+
+@torch.no_grad()
+def encode_texts(model: RetrievalModel, texts: list[str], batch_size: int = 128, bf16: bool = True) -> torch.Tensor:
+    out = []
+    for start in range(0, len(texts), batch_size):
+        with autocast(bf16):
+            out.append(model.qformer.text_embedding(model.tokenize(texts[start : start + batch_size])).float())
+    return torch.cat(out) if out else torch.zeros(0, model.config.qformer.embed_dim)
+
+
+@torch.no_grad()
+def encode_composed(
+    model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
+) -> torch.Tensor:
+    out = []
+    for start in range(0, len(texts), batch_size):
+        with autocast(bf16):
+            text = model.tokenize(texts[start : start + batch_size])
+            out.append(model.qformer.composed_embedding(feats[start : start + batch_size].float(), text).float())
+    return torch.cat(out) if out else torch.zeros(0, model.config.qformer.embed_dim)
+
+
+@torch.no_grad()
+def itm_scores(
+    model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
+) -> np.ndarray:
+    """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        with autocast(bf16):
+            logits = model.qformer.itm_logits(
+                feats[start : start + batch_size].float(), model.tokenize(texts[start : start + batch_size])
+            )
+        logits = logits.float()
+        out.append(logits[:, 1] - logits[:, 0])
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def _metrics(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    out = P.recall_at_k(ranks, ks)
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def evaluate_cmr(
+    model: RetrievalModel,
+    data: DatasetSplit,
+    images: EncodedImages,
+    *,
+    seed: int = 0,
+    candidates: int = 100,
+    max_queries: int = 1000,
+    rerank_k: int = 10,
+    bf16: bool = True,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Cross-modal retrieval on the products of ``data`` (their first caption)."""
+    products = [p for p in data.products if p.captions]
+    texts = [p.captions[0] for p in products]
+    text_embeds = encode_texts(model, texts, bf16=bf16)  # (P, e)
+    first = np.array([images.table.index[str(p.images[0])] for p in products])
+    # Full split: every image of every product.
+    image_rows, image_product = [], []
+    for pi, p in enumerate(products):
+        for r in p.images:
+            image_rows.append(images.table.index[str(r)])
+            image_product.append(pi)
+    image_rows_t = torch.as_tensor(image_rows)
+    sim_full = max_over_queries(images.embeds[image_rows_t], text_embeds).numpy()  # (P texts, M images)
+    product_of_image = np.array(image_product)
+    positives_t2i = product_of_image[None, :] == np.arange(len(products))[:, None]
+    result: dict[str, Any] = {
+        "products": len(products),
+        "images": len(image_rows),
+        "full": {
+            "i2t": _metrics(P.target_ranks(sim_full.T, positives_t2i.T)),
+            "t2i": _metrics(P.target_ranks(sim_full, positives_t2i)),
+        },
+    }
+    dump = {
+        "texts": texts,
+        "text_embeds": text_embeds.numpy(),
+        "image_rows": image_rows,
+        "image_product": image_product,
+    }
+    if len(products) < candidates:
+        result["random100"] = {"skipped": f"needs at least {candidates} products, the split has {len(products)}"}
+        return result, dump
+    rng = np.random.default_rng(seed)
+    queries = np.arange(len(products))
+    if len(queries) > max_queries:
+        queries = np.sort(rng.choice(queries, size=max_queries, replace=False))
+    groups = [p.subcategory or p.category for p in products]
+    cand, topped = P.random_candidates(groups, n=candidates, seed=seed, queries=queries.tolist())
+    sim = max_over_queries(images.embeds[torch.as_tensor(first)], text_embeds).numpy()  # (P texts, P images)
+    r100: dict[str, Any] = {
+        "queries": len(queries),
+        "candidates": candidates,
+        "topped_up_from_other_categories": topped,
+        "seed": seed,
+        "itc": {
+            "i2t": _metrics(P.random100_ranks(sim.T[queries], cand, queries)),
+            "t2i": _metrics(P.random100_ranks(sim[queries], cand, queries)),
+        },
+    }
+    if rerank_k > 0:
+        feats = images.table.feats
+        temperature = model.qformer.temperature().item()
+
+        def sub(direction: str) -> np.ndarray:
+            base = sim.T[queries] if direction == "i2t" else sim[queries]
+            scores = np.take_along_axis(base, cand, axis=1)
+
+            def rescore(q_idx, c_idx):
+                items_q, items_c = queries[q_idx], cand[q_idx, c_idx]
+                image_items, text_items = (items_q, items_c) if direction == "i2t" else (items_c, items_q)
+                itm = itm_scores(
+                    model, feats[torch.as_tensor(first[image_items])], [texts[i] for i in text_items], bf16=bf16
+                )
+                return itm + scores[q_idx, c_idx] / temperature  # ITM log-odds + ITC logit
+
+            reranked = P.rerank_top_k(scores, rerank_k, rescore)
+            positives = cand == queries[:, None]
+            return _metrics(P.target_ranks(reranked, positives))
+
+        r100["itc_itm"] = {"i2t": sub("i2t"), "t2i": sub("t2i"), "rerank_k": rerank_k}
+    result["random100"] = r100
+    return result, dump
+
+
+def evaluate_cir(
+    model: RetrievalModel,
+    data: DatasetSplit,
+    images: EncodedImages,
+    *,
+    rerank_k: int = 20,
+    bf16: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Composed retrieval, Fashion-IQ protocol, with the baselines, per category.
+
+    ``composed_itm`` re-ranks each query's top ``rerank_k`` by ITM; it can move
+    R@10 only when ``rerank_k`` > 10, and R@50 only when ``rerank_k`` > 50."""
+    products = data.product_map()
+    by_cat: dict[str, list] = defaultdict(list)
+    for t in data.triplets:
+        if t.target is not None and t.reference in products and t.target in products:
+            by_cat[t.category].append(t)
+    if not by_cat:
+        reason = "the split's triplets have no target labels" if data.triplets else "the split has no triplets"
+        return {"skipped": reason}, {}
+    variants = ("composed", "composed_itm", "image_only", "text_only", "late_fusion")
+    per: dict[str, dict[str, dict[str, float]]] = {v: {} for v in variants}
+    dump: dict[str, Any] = {"queries": [], "composed": [], "index": {}}
+    feats = images.table.feats
+    temperature = model.qformer.temperature().item()
+    for cat in sorted(by_cat):
+        triplets = by_cat[cat]
+        index_ids = [pid for pid, p in products.items() if p.category == cat]
+        index_rows = torch.as_tensor([images.table.index[str(products[pid].images[0])] for pid in index_ids])
+        col = {pid: i for i, pid in enumerate(index_ids)}
+        index_embeds = images.embeds[index_rows]  # (N, Q, e)
+        ref_rows = torch.as_tensor([images.table.index[str(products[t.reference].images[0])] for t in triplets])
+        texts = [t.query_text() for t in triplets]
+        target = np.array([col[t.target] for t in triplets])
+        composed = encode_composed(model, feats[ref_rows], texts, bf16=bf16)  # (T, e)
+        text_only = encode_texts(model, texts, bf16=bf16)
+        ref_vec = images.vectors[ref_rows]
+        scores = {
+            "composed": max_over_queries(index_embeds, composed).numpy(),
+            "image_only": (ref_vec @ images.vectors[index_rows].t()).numpy(),
+            "text_only": max_over_queries(index_embeds, text_only).numpy(),
+            "late_fusion": max_over_queries(index_embeds, F.normalize(ref_vec + text_only, dim=-1)).numpy(),
+        }
+        if rerank_k > 0:
+            base = scores["composed"]
+
+            def rescore(q_idx, c_idx, base=base, index_rows=index_rows, texts=texts, temperature=temperature):
+                itm = itm_scores(model, feats[index_rows[torch.as_tensor(c_idx)]], [texts[q] for q in q_idx], bf16=bf16)
+                return itm + base[q_idx, c_idx] / temperature  # ITM log-odds + ITC logit
+
+            scores["composed_itm"] = P.rerank_top_k(base, rerank_k, rescore)
+        for name, s in scores.items():
+            per[name][cat] = P.fashioniq_recalls(s, target)
+        dump["queries"] += [
+            {"reference": t.reference, "target": t.target, "text": q, "category": cat}
+            for t, q in zip(triplets, texts, strict=True)
+        ]
+        dump["composed"].append(composed.numpy())
+        dump["index"][cat] = index_ids
+    result: dict[str, Any] = {"queries": sum(len(v) for v in by_cat.values()), "rerank_k": rerank_k}
+    for name in variants:
+        if per[name]:
+            result[name] = {"per_category": per[name], "average": P.average_over_categories(per[name])}
+    best_baseline = max(result[b]["average"]["avg"] for b in ("image_only", "text_only", "late_fusion"))
+    result["margin_over_best_baseline"] = result["composed"]["average"]["avg"] - best_baseline
+    return result, dump
+
+
+def evaluate_split(
+    model: RetrievalModel,
+    data: DatasetSplit,
+    cache: FeatureCache,
+    *,
+    seed: int = 0,
+    rerank_k: int = 10,
+    cir_rerank_k: int = 20,
+    max_queries: int = 1000,
+    bf16: bool = True,
+    dump_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every retrieval metric of one split (whatever parts its data allows)."""
+    started = time.perf_counter()
+    refs = [r for p in data.products for r in p.images]
+    table = FeatureTable.build(refs, cache, progress=progress)
+    images = encode_images(model, table, bf16=bf16, progress=progress)
+    out: dict[str, Any] = {"split": data.split, "format": data.format}
+    if any(p.captions for p in data.products):
+        out["cmr"], cmr_dump = evaluate_cmr(
+            model, data, images, seed=seed, rerank_k=rerank_k, max_queries=max_queries, bf16=bf16, progress=progress
+        )
+    else:
+        out["cmr"], cmr_dump = {"skipped": "the split's products have no captions"}, {}
+    out["cir"], cir_dump = evaluate_cir(model, data, images, rerank_k=cir_rerank_k, bf16=bf16)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    if dump_dir:
+        write_dump(Path(dump_dir) / data.split, table, images, cmr_dump, cir_dump)
+        out["dump"] = str(Path(dump_dir) / data.split)
+    return out
+
+
+def _npy(path: Path, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_dump(folder: Path, table: FeatureTable, images: EncodedImages, cmr: dict, cir: dict) -> None:
+    """Embeddings with their ids, as NumPy arrays + JSON, to recompute any metric elsewhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _npy(folder / "image_embeds.npy", images.embeds.numpy())  # (M, Q, e): score = max over Q of cosine
+    atomic_write_json(folder / "images.json", list(table.index))
+    files = ["image_embeds.npy", "images.json"]
+    if cmr:
+        _npy(folder / "text_embeds.npy", cmr["text_embeds"])
+        atomic_write_json(
+            folder / "texts.json",
+            {"texts": cmr["texts"], "image_rows": cmr["image_rows"], "image_product": cmr["image_product"]},
+        )
+        files += ["text_embeds.npy", "texts.json"]
+    if cir:
+        _npy(folder / "cir_query_embeds.npy", np.concatenate(cir["composed"]))
+        atomic_write_json(folder / "cir_queries.json", {"queries": cir["queries"], "index": cir["index"]})
+        files += ["cir_query_embeds.npy", "cir_queries.json"]
+    readme = {
+        "files": files,
+        "similarity": "cosine between a text (or composed query) vector and each of an image's query vectors; take the max over queries",
+        "images.json": "row i of image_embeds.npy is the image at images.json[i]",
+        "texts.json": "row j of text_embeds.npy is texts[j], the caption of product j; image_product[k] is the product of image row image_rows[k]",
+        "cir_queries.json": "row i of cir_query_embeds.npy is queries[i]; index[category] lists the product ids searched (first view of each)",
+    }
+    atomic_write_json(folder / "manifest.json", readme)
+
+
+def evaluate_model(
+    model_path: str | os.PathLike,
+    data_root: str | os.PathLike,
+    splits: list[str],
+    fmt: str | None = None,
+    **kwargs,
+) -> dict[str, Any]:
+    from unifashion.data.formats import read_split
+
+    model = RetrievalModel.from_pretrained(model_path)
+    cache = FeatureCache(model.vision)
+    results = {}
+    for split in splits:
+        data = read_split(data_root, split, fmt)
+        results[split] = evaluate_split(model, data, cache, **kwargs)
+    return {"model": str(model_path), "data": str(data_root), "splits": results}
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_json(path, json.loads(json.dumps(obj)))
