@@ -161,8 +161,8 @@ class RetrievalTrainingConfig:
     # Phase 1a: share of the items batched by category (hard in-batch negatives
     # of the same category); the rest are batched at random. On FashionSynth,
     # random-100 R@1 (i2t/t2i) after 150 phase-1a steps: 81/78 at 0, 82/79 at
-    # 0.5, 84/85 at 1; but the full two-phase run at 1 ended lower (82/73 and a
-    # CIR margin of 4 instead of 30 points), so it stays off by default.
+    # 0.5, 84/85 at 1; but at 1 longer training degrades (53/63 after 444
+    # phase-1a steps; 82/73 after both phases), so it stays off by default.
     category_batches: float = 0.0
     # ITM (Eq. 4) runs on this many of the batch's positive pairs (plus two hard
     # negatives each): it costs 3 Q-Former passes per pair, more than ITC itself.
