@@ -65,25 +65,33 @@ def encode_images(
     return EncodedImages(table, embeds, F.normalize(embeds.mean(dim=1), dim=-1))
 
 
+def _in_batches(fn, n: int, batch_size: int, bf16: bool, empty: torch.Tensor) -> torch.Tensor:
+    """``fn(start, stop)`` over ``range(n)`` in batches, under autocast, concatenated in float32."""
+    out = []
+    for start in range(0, n, batch_size):
+        with autocast(bf16):
+            out.append(fn(start, min(n, start + batch_size)).float())
+    return torch.cat(out) if out else empty
+
+
 @torch.no_grad()
 def encode_texts(model: RetrievalModel, texts: list[str], batch_size: int = 128, bf16: bool = True) -> torch.Tensor:
-    out = []
-    for start in range(0, len(texts), batch_size):
-        with autocast(bf16):
-            out.append(model.qformer.text_embedding(model.tokenize(texts[start : start + batch_size])).float())
-    return torch.cat(out) if out else torch.zeros(0, model.config.qformer.embed_dim)
+    qf = model.qformer
+    return _in_batches(
+        lambda a, b: qf.text_embedding(model.tokenize(texts[a:b])),
+        len(texts), batch_size, bf16, torch.zeros(0, qf.config.embed_dim),
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def encode_composed(
     model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
 ) -> torch.Tensor:
-    out = []
-    for start in range(0, len(texts), batch_size):
-        with autocast(bf16):
-            text = model.tokenize(texts[start : start + batch_size])
-            out.append(model.qformer.composed_embedding(feats[start : start + batch_size].float(), text).float())
-    return torch.cat(out) if out else torch.zeros(0, model.config.qformer.embed_dim)
+    qf = model.qformer
+    return _in_batches(
+        lambda a, b: qf.composed_embedding(feats[a:b].float(), model.tokenize(texts[a:b])),
+        len(texts), batch_size, bf16, torch.zeros(0, qf.config.embed_dim),
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -91,15 +99,11 @@ def itm_scores(
     model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
 ) -> np.ndarray:
     """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair."""
-    out = []
-    for start in range(0, len(texts), batch_size):
-        with autocast(bf16):
-            logits = model.qformer.itm_logits(
-                feats[start : start + batch_size].float(), model.tokenize(texts[start : start + batch_size])
-            )
-        logits = logits.float()
-        out.append(logits[:, 1] - logits[:, 0])
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    logits = _in_batches(
+        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(texts[a:b])),
+        len(texts), batch_size, bf16, torch.zeros(0, 2),
+    )  # fmt: skip
+    return (logits[:, 1] - logits[:, 0]).numpy()
 
 
 def _metrics(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:

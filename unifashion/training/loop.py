@@ -9,6 +9,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,40 @@ def cosine_with_warmup(
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class PhaseOptimizer:
+    """Steps, AdamW and the warm-up + cosine schedule of one training phase."""
+
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    module: nn.Module
+    clip_norm: float = 5.0
+
+    @classmethod
+    def plan(cls, module: nn.Module, num_items: int, epochs: float, cfg) -> PhaseOptimizer:
+        """``epochs`` over ``num_items`` in batches of ``cfg.batch_size`` (fewer if the data is smaller)."""
+        batch = min(cfg.batch_size, num_items)
+        steps_per_epoch = max(1, num_items // batch)
+        total = max(1, math.ceil(epochs * steps_per_epoch))
+        optimizer = adamw(list(module.named_parameters()), cfg.lr, cfg.weight_decay)
+        schedule = cosine_with_warmup(optimizer, total, int(cfg.warmup_ratio * total))
+        return cls(batch, steps_per_epoch, total, optimizer, schedule, module)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward, clip the gradient norm, optimiser and schedule step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_norm)
+        self.optimizer.step()
+        self.schedule.step()
+
+    def lr(self) -> float:
+        return self.schedule.get_last_lr()[0]
 
 
 def autocast(enabled: bool, device: torch.device | str = "cpu"):

@@ -6,9 +6,6 @@ L_cross = ITC(text, Z_I) + ITM(Z_C, Z_I); the vision encoder stays frozen
 
 from __future__ import annotations
 
-import math
-
-import torch
 from tqdm import tqdm
 
 from unifashion.config import RetrievalTrainingConfig
@@ -17,9 +14,8 @@ from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import FeatureTable, PairItems, pick
 from unifashion.training.loop import (
     LossLog,
-    adamw,
+    PhaseOptimizer,
     autocast,
-    cosine_with_warmup,
     epoch_batches,
     grouped_epoch_batches,
     seed_everything,
@@ -38,11 +34,8 @@ def train_phase1a(
     """Train with ITC + ITM for ``cfg.phase1_epochs`` epochs; returns the last losses."""
     qf = model.qformer.train()
     generator = seed_everything(cfg.seed)
-    batch = min(cfg.batch_size, len(items))
-    steps_per_epoch = max(1, len(items) // batch)
-    total = max(1, math.ceil(cfg.phase1_epochs * steps_per_epoch))
-    optimizer = adamw(list(qf.named_parameters()), cfg.lr, cfg.weight_decay)
-    schedule = cosine_with_warmup(optimizer, total, int(cfg.warmup_ratio * total))
+    opt = PhaseOptimizer.plan(qf, len(items), cfg.phase1_epochs, cfg)
+    batch, total = opt.batch_size, opt.total_steps
     bar = tqdm(total=total, desc="phase 1a (ITC + ITM)", disable=not progress, leave=False)
     last: dict[str, float] = {}
     step = 0
@@ -64,19 +57,15 @@ def train_phase1a(
                 loss_itc, sim = itc_loss(image_embeds, text_embeds, qf.temperature(), idx)
                 loss_itm = itm_loss(qf, feats, text, sim.float(), idx, generator, cfg.itm_pairs)
                 loss = loss_itc + cfg.itm_weight * loss_itm
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(qf.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+            opt.step(loss)
             step += 1
             last = {"loss": loss.item(), "itc": loss_itc.item(), "itm": loss_itm.item()}
             if step % cfg.log_every == 0 or step == total:
                 log.write(
                     "phase1a",
                     step,
-                    step / steps_per_epoch,
-                    schedule.get_last_lr()[0],
+                    step / opt.steps_per_epoch,
+                    opt.lr(),
                     **last,
                     temp=qf.temperature().item(),
                 )

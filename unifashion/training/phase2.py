@@ -7,8 +7,6 @@ generated captions once a captioner exists).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm import tqdm
 
@@ -16,7 +14,7 @@ from unifashion.config import RetrievalTrainingConfig
 from unifashion.models.qformer import cir_loss
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import FeatureTable, TripletItems, pick, training_query_text
-from unifashion.training.loop import LossLog, adamw, autocast, cosine_with_warmup, epoch_batches, seed_everything
+from unifashion.training.loop import LossLog, PhaseOptimizer, autocast, epoch_batches, seed_everything
 
 
 def train_phase2(
@@ -31,11 +29,8 @@ def train_phase2(
     """Train with L_cir for ``cfg.phase2_epochs`` epochs; returns the last losses."""
     qf = model.qformer.train()
     generator = seed_everything(cfg.seed + 1)
-    batch = min(cfg.batch_size, len(items))
-    steps_per_epoch = max(1, len(items) // batch)
-    total = max(1, math.ceil(cfg.phase2_epochs * steps_per_epoch))
-    optimizer = adamw(list(qf.named_parameters()), cfg.lr, cfg.weight_decay)
-    schedule = cosine_with_warmup(optimizer, total, int(cfg.warmup_ratio * total))
+    opt = PhaseOptimizer.plan(qf, len(items), cfg.phase2_epochs, cfg)
+    batch, total = opt.batch_size, opt.total_steps
     bar = tqdm(total=total, desc="phase 2 (L_cir)", disable=not progress, leave=False)
     weights = tuple(cfg.cir_weights)
     last: dict[str, float] = {}
@@ -53,11 +48,7 @@ def train_phase2(
             with autocast(cfg.bf16):
                 losses = cir_loss(qf, ref, text, tgt, caption, target_ids, generator, weights, cfg.itm_pairs,
                                   pair_itc_weight=cfg.phase2_pair_itc_weight)  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            torch.nn.utils.clip_grad_norm_(qf.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+            opt.step(losses.total)
             step += 1
             last = {
                 "loss": losses.total.item(),
@@ -67,7 +58,7 @@ def train_phase2(
                 "itc_pair": float(losses.itc_pair),
             }
             if step % cfg.log_every == 0 or step == total:
-                log.write("phase2", step, step / steps_per_epoch, schedule.get_last_lr()[0], **last)
+                log.write("phase2", step, step / opt.steps_per_epoch, opt.lr(), **last)
             bar.set_postfix(target=f"{last['itc_target']:.3f}", itm=f"{last['itm']:.3f}")
             bar.update()
     bar.close()
