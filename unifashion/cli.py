@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     from unifashion.training.cli import add_train_eval_commands
 
     add_train_eval_commands(sub)
+
+    from unifashion.training.cli import add_caption_command
+
+    add_caption_command(sub)
     return parser
 
 

@@ -176,6 +176,27 @@ class RetrievalTrainingConfig:
     log_every: int = 10
 
 
+@dataclass(frozen=True)
+class CaptionTrainingConfig:
+    """Phase 1b of the caption head: ``text_adapter`` + LoRA on ITG (Eq. 6), Q-Former frozen."""
+
+    # Defaults = the quickstart's ``full`` run (about 4,800 training products:
+    # 600 steps, about 24 minutes on 2 CPU cores). Small batches: on CPU the
+    # cost is per token, and more updates teach the adapter faster.
+    epochs: float = 1.0
+    batch_size: int = 8
+    # The adapter starts from scratch and the LLM is small: a far higher rate
+    # than the paper's 2e-5 for LLaVA (see the captioning section of README).
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # paper App. D
+    warmup_ratio: float = 0.03  # paper App. D
+    seed: int = 0
+    bf16: bool = True
+    # Caption styles trained, each item drawing one of its product's styles at random.
+    styles: tuple[str, ...] = ("title", "description", "attributes")
+    log_every: int = 10
+
+
 def tiny() -> ModelConfig:
     return ModelConfig(
         preset="tiny",

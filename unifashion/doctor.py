@@ -18,7 +18,17 @@ from unifashion.backbones.cache import cache_home
 from unifashion.config import ModelConfig, get_preset
 from unifashion.utils.hardware import cpu_has_bf16
 
-PACKAGES = ("torch", "transformers", "diffusers", "peft", "accelerate", "tokenizers", "safetensors", "numpy")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "diffusers",
+    "peft",
+    "accelerate",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pycocoevalcap",
+)
 
 
 def _count(*modules) -> int:

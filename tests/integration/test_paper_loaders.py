@@ -151,6 +151,31 @@ def test_any_causal_lm_loads_from_a_local_folder(tmp_path):
         assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-6)
 
 
+def test_a_caption_head_on_a_causal_lm_without_chat_template_uses_the_papers_prompt(tmp_path):
+    """A LLaVA/Vicuna-style folder whose tokenizer has no chat template: "USER: <queries> instruction ASSISTANT:"."""
+    from transformers import AutoTokenizer
+
+    from unifashion.models.captioner import Captioner, Decoding
+
+    tokenizer = AutoTokenizer.from_pretrained(str(llm.smollm2_dir()[0]))
+    tokenizer.chat_template = None
+    model = llm.build_tiny_llama(paper().llm, vocab_size=len(tokenizer), seed=4)
+    model.save_pretrained(tmp_path / "lm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "lm")
+    config = dataclasses.replace(paper().llm, source=str(tmp_path / "lm"), lora_rank=4, lora_alpha=8)
+    captioner = Captioner.build(config, query_dim=768)
+    prefix, suffix = captioner.prompt_ids("title")
+    assert captioner.tokenizer.decode(prefix) == "USER: "
+    assert captioner.tokenizer.decode(suffix) == " Write a short product title for this garment. ASSISTANT:"
+    z = torch.randn(2, 32, 768)
+    assert len(captioner.generate(z, "title", Decoding("greedy", 4))) == 2
+    captioner.save_pretrained(tmp_path / "captioner")
+    again = Captioner.from_pretrained(tmp_path / "captioner")
+    assert again.generate(z, "title", Decoding("greedy", 4)) == captioner.eval().generate(
+        z, "title", Decoding("greedy", 4)
+    )
+
+
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     """A tiny Stable-Diffusion-layout folder (unet/ + vae/), Paint-by-Example-style 9-channel U-Net."""

@@ -104,7 +104,7 @@ def build_tiny_llama(config: LLMConfig, vocab_size: int, seed: int = 0):
         tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,
-        pad_token_id=2,
+        pad_token_id=None,  # a padding row would be all zeros, and tied to the output it pins the logit of <|im_end|>
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

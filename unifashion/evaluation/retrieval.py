@@ -15,6 +15,13 @@ re-ranking) the same run scores three baselines on the same backbones:
 ``image_only`` (the reference image's embedding), ``text_only`` (the caption's
 embedding) and ``late_fusion`` (normalised sum of both, CLIP4Cir-style).
 
+With a caption head (or captions given for the split's products), CIR also
+runs the paper's Table 4 variants: each candidate is represented by the
+caption the model generated for it, embedded by the Q-Former text path
+(``Z_C``); ``without_captions`` ranks by sim(e_cls, Z_T) alone,
+``without_image`` by sim(e_cls, Z_C) alone, and ``full`` by
+sim(e_cls, Z_T) + w * sim(e_cls, Z_C).
+
 Scores use the protocol functions of :mod:`unifashion.evaluation.protocols`
 (ties count against the target).
 """
@@ -42,6 +49,9 @@ from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import FeatureTable
 from unifashion.training.loop import autocast
 from unifashion.utils.io import atomic_write_bytes, atomic_write_json
+
+# Caption weights w of the fused CIR score reported side by side.
+FUSION_SWEEP = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -205,11 +215,15 @@ def evaluate_cir(
     *,
     rerank_k: int = 20,
     bf16: bool = True,
+    candidate_captions: dict[str, str] | None = None,
+    caption_weight: float = 1.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Composed retrieval, Fashion-IQ protocol, with the baselines, per category.
 
     ``composed_itm`` re-ranks each query's top ``rerank_k`` by ITM; it can move
-    R@10 only when ``rerank_k`` > 10, and R@50 only when ``rerank_k`` > 50."""
+    R@10 only when ``rerank_k`` > 10, and R@50 only when ``rerank_k`` > 50.
+    ``candidate_captions`` (product id -> caption) adds ``composed_captions``
+    (captions only) and ``composed_fused`` (image + ``caption_weight`` x caption)."""
     products = data.product_map()
     by_cat: dict[str, list] = defaultdict(list)
     for t in data.triplets:
@@ -218,8 +232,20 @@ def evaluate_cir(
     if not by_cat:
         reason = "the split's triplets have no target labels" if data.triplets else "the split has no triplets"
         return {"skipped": reason}, {}
-    variants = ("composed", "composed_itm", "image_only", "text_only", "late_fusion")
+    variants = ("composed", "composed_itm", "composed_captions", "composed_fused", "image_only", "text_only",
+                "late_fusion")  # fmt: skip
     per: dict[str, dict[str, dict[str, float]]] = {v: {} for v in variants}
+    sweep: dict[float, dict[str, dict[str, float]]] = {w: {} for w in FUSION_SWEEP}
+    caption_note = None
+    if candidate_captions is not None:
+        absent = sorted(
+            pid
+            for pid, p in products.items()
+            if p.category in by_cat and not (candidate_captions.get(pid) or "").strip()
+        )
+        if absent:
+            caption_note = f"no candidate caption for {len(absent)} products (e.g. {', '.join(absent[:3])})"
+            candidate_captions = None
     dump: dict[str, Any] = {"queries": [], "composed": [], "index": {}}
     feats = images.table.feats
     temperature = model.qformer.temperature().item()
@@ -249,6 +275,12 @@ def evaluate_cir(
                 return itm + base[q_idx, c_idx] / temperature  # ITM log-odds + ITC logit
 
             scores["composed_itm"] = P.rerank_top_k(base, rerank_k, rescore)
+        if candidate_captions is not None:
+            caption_embeds = encode_texts(model, [candidate_captions[pid] for pid in index_ids], bf16=bf16)  # (N, e)
+            scores["composed_captions"] = (composed @ caption_embeds.t()).numpy()  # sim(e_cls, Z_C)
+            scores["composed_fused"] = scores["composed"] + caption_weight * scores["composed_captions"]
+            for w in FUSION_SWEEP:
+                sweep[w][cat] = P.fashioniq_recalls(scores["composed"] + w * scores["composed_captions"], target)
         for name, s in scores.items():
             per[name][cat] = P.fashioniq_recalls(s, target)
         dump["queries"] += [
@@ -263,6 +295,17 @@ def evaluate_cir(
             result[name] = {"per_category": per[name], "average": P.average_over_categories(per[name])}
     best_baseline = max(result[b]["average"]["avg"] for b in ("image_only", "text_only", "late_fusion"))
     result["margin_over_best_baseline"] = result["composed"]["average"]["avg"] - best_baseline
+    if "composed_fused" in result:
+        result["variants"] = {
+            "full": result["composed_fused"]["average"],
+            "without_captions": result["composed"]["average"],
+            "without_image": result["composed_captions"]["average"],
+            "caption_weight": caption_weight,
+            # Every weight, for reading only: the default is not chosen on the evaluated split.
+            "fusion_sweep": {str(w): P.average_over_categories(sweep[w]) for w in FUSION_SWEEP},
+        }
+    elif caption_note:
+        result["variants"] = {"skipped": caption_note}
     return result, dump
 
 
@@ -278,6 +321,8 @@ def evaluate_split(
     bf16: bool = True,
     dump_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    candidate_captions: dict[str, str] | None = None,
+    caption_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Every retrieval metric of one split (whatever parts its data allows)."""
     started = time.perf_counter()
@@ -291,7 +336,8 @@ def evaluate_split(
         )
     else:
         out["cmr"], cmr_dump = {"skipped": "the split's products have no captions"}, {}
-    out["cir"], cir_dump = evaluate_cir(model, data, images, rerank_k=cir_rerank_k, bf16=bf16)
+    out["cir"], cir_dump = evaluate_cir(model, data, images, rerank_k=cir_rerank_k, bf16=bf16,
+                                        candidate_captions=candidate_captions, caption_weight=caption_weight)  # fmt: skip
     out["seconds"] = round(time.perf_counter() - started, 1)
     if dump_dir:
         write_dump(Path(dump_dir) / data.split, table, images, cmr_dump, cir_dump)
@@ -339,17 +385,76 @@ def evaluate_model(
     data_root: str | os.PathLike,
     splits: list[str],
     fmt: str | None = None,
+    *,
+    candidate_captions: str | os.PathLike | None = None,
+    caption_style: str = "description",
+    with_captions: bool = True,
     **kwargs,
 ) -> dict[str, Any]:
+    """Evaluate every split. Candidate captions for the CIR variants come from
+    ``candidate_captions`` (a JSON file of ``eval captioning``, or of
+    ``{product id: caption}``), else from the model's caption head when it has
+    one (``caption_style``), else the variants are not run."""
     from unifashion.data.formats import read_split
 
     model = RetrievalModel.from_pretrained(model_path)
     cache = FeatureCache(model.vision)
+    captioner = None
+    if candidate_captions is None and with_captions and (Path(model_path) / "captioner").is_dir():
+        from unifashion.models.captioner import Captioner
+
+        captioner = Captioner.from_pretrained(Path(model_path) / "captioner")
     results = {}
     for split in splits:
         data = read_split(data_root, split, fmt)
-        results[split] = evaluate_split(model, data, cache, **kwargs)
+        captions, source = None, None
+        if candidate_captions is not None:
+            captions, source = (
+                read_candidate_captions(candidate_captions, split, caption_style),
+                str(candidate_captions),
+            )
+        elif captioner is not None and data.triplets:
+            captions = generate_candidate_captions(
+                model, captioner, data, cache, caption_style, bf16=kwargs.get("bf16", True)
+            )
+            source = f"generated by the model ({caption_style})"
+        results[split] = evaluate_split(model, data, cache, candidate_captions=captions, **kwargs)
+        if source and "variants" in results[split]["cir"]:
+            results[split]["cir"]["variants"]["captions"] = source
     return {"model": str(model_path), "data": str(data_root), "splits": results}
+
+
+def generate_candidate_captions(
+    model: RetrievalModel, captioner, data: DatasetSplit, cache: FeatureCache, style: str, *, bf16: bool = True
+) -> dict[str, str]:
+    """The pre-generated candidate library: one caption per product of the split (its first view)."""
+    from unifashion.evaluation.captioning import generate_captions
+    from unifashion.training.captioning import image_queries
+
+    refs = tuple(p.images[0] for p in data.products)
+    table = image_queries(model, list(refs), cache, bf16=bf16)
+    captions = generate_captions(captioner, table.batch(table.rows(refs)), style, bf16=bf16)
+    return {p.id: c for p, c in zip(data.products, captions, strict=True)}
+
+
+def read_candidate_captions(path: str | os.PathLike, split: str, style: str) -> dict[str, str]:
+    """``{product id: caption}`` from a JSON file: either that mapping, or the output of
+    ``unifashion eval captioning`` (its ``generated`` captions of ``style`` for ``split``)."""
+    from unifashion.utils.errors import ConfigError
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read candidate captions ({exc})") from None
+    if isinstance(obj, dict) and "splits" in obj:
+        try:
+            obj = obj["splits"][split]["styles"][style]["generated"]
+        except (KeyError, TypeError):
+            raise ConfigError(f"{path}: has no generated {style!r} captions for split {split!r}") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
+        raise ConfigError(f"{path}: expected an object mapping product ids to captions")
+    return obj
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

@@ -14,37 +14,6 @@ from unifashion.evaluation import protocols as P
 FIXTURES = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "fashioniq"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("retrieval")
-    data = root / "fs"
-    assert (
-        cli.main(
-            [
-                "data",
-                "synth",
-                "--out",
-                str(data),
-                "--products",
-                "260",
-                "--size",
-                "64",
-                "--quiet",
-                "--layouts",
-                "fashioniq",
-            ]
-        )
-        == 0
-    )
-    model = root / "model"
-    code = cli.main(
-        ["train", "retrieval", "--data", str(data), "--out", str(model), "--preset", "tiny",
-         "--phase1-epochs", "2", "--phase2-epochs", "2", "--batch-size", "32"]
-    )  # fmt: skip
-    assert code == 0
-    return data, model
-
-
 def test_training_writes_a_checkpoint_with_logs(trained):
     _, model = trained
     meta = json.loads((model / "config.json").read_text())

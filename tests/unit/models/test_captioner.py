@@ -1,0 +1,160 @@
+"""The caption head on the tiny preset: soft-prompt path, ITG loss, freezing, decoding, persistence, overfitting."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from unifashion.config import tiny
+from unifashion.models.captioner import Captioner, Decoding
+from unifashion.utils.errors import ConfigError
+
+QUERY_DIM = 64  # tiny Q-Former width
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    torch.manual_seed(0)
+    return Captioner.build(tiny().llm, QUERY_DIM).eval()
+
+
+def test_soft_prompt_path_equals_the_token_path_when_the_soft_prompt_embeds_real_tokens(captioner):
+    words = captioner.tokenizer(" a red striped dress with short sleeves", add_special_tokens=False)["input_ids"]
+    prefix, suffix = captioner.prompt_ids("description")
+    ids = torch.tensor([prefix + words + suffix])
+    soft = captioner.llm.get_input_embeddings()(torch.tensor([words]))  # (1, T, h)
+    embeds = captioner.prompt_embeddings(soft, "description")
+    with torch.no_grad():
+        by_embeds = captioner.llm(inputs_embeds=embeds).logits
+        by_ids = captioner.llm(input_ids=ids).logits
+    assert torch.allclose(by_embeds, by_ids, atol=1e-5)
+    for decoding in (Decoding("greedy", 8), Decoding("beam", 8, num_beams=3)):
+        new = captioner.generate_from_embeddings(embeds, decoding)[0]
+        with torch.no_grad():
+            full = captioner.llm.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), **decoding.generate_kwargs(captioner.end_id,
+                captioner.pad_id)
+            )[0, ids.shape[1] :].tolist()  # fmt: skip
+        assert len(new) > 0
+        assert new == full[: len(new)] and (len(new) == len(full) or full[len(new)] == captioner.end_id)
+    # Sampling at a near-zero temperature is greedy decoding.
+    cold = Decoding("sample", 8, temperature=1e-4, seed=9)
+    assert captioner.generate_from_embeddings(embeds, cold) == captioner.generate_from_embeddings(
+        embeds, Decoding("greedy", 8)
+    )
+
+
+def test_itg_loss_equals_the_language_model_loss_on_the_answer_tokens(captioner):
+    torch.manual_seed(1)
+    z = torch.randn(2, 8, QUERY_DIM)
+    styles, answers = ["title", "description"], ["Red dress", "Long sleeve shirt in navy. Solid colour."]
+    ours = captioner.itg_loss(z, styles, answers)
+    # The same sequences scored by transformers' own loss over every position.
+    soft = captioner.text_adapter(z)
+    rows, labels = [], []
+    for i, (s, a) in enumerate(zip(styles, answers, strict=True)):
+        prefix, suffix = captioner.prompt_ids(s)
+        target = captioner.tokenizer(a, add_special_tokens=False)["input_ids"] + [captioner.end_id]
+        e = torch.cat([captioner.llm.get_input_embeddings()(torch.tensor(prefix)), soft[i],
+                       captioner.llm.get_input_embeddings()(torch.tensor(suffix + target))])  # fmt: skip
+        rows.append(e)
+        labels.append(torch.tensor([-100] * (len(prefix) + 8 + len(suffix)) + target))
+    losses, counts = [], []
+    for e, lab in zip(rows, labels, strict=True):
+        out = captioner.llm(inputs_embeds=e[None], labels=lab[None])
+        n = int((lab[1:] != -100).sum())
+        losses.append(out.loss * n)
+        counts.append(n)
+    assert ours.item() == pytest.approx((sum(losses) / sum(counts)).item(), rel=1e-5)
+
+
+def test_phase_1b_trains_adapter_and_lora_only_and_phase_2_reaches_the_queries_not_the_llm():
+    torch.manual_seed(2)
+    c = Captioner.build(tiny().llm, QUERY_DIM)
+    c.set_trainable(adapter=True, lora=True)
+    z = torch.randn(2, 8, QUERY_DIM)
+    c.itg_loss(z, ["title", "title"], ["Red dress", "Blue skirt"]).backward()
+    lora = {n for n, p in c.llm.named_parameters() if "lora_" in n}
+    assert lora
+    for n, p in c.llm.named_parameters():
+        if n in lora:
+            assert p.requires_grad and p.grad is not None, n
+        else:
+            assert not p.requires_grad and p.grad is None, n
+    # LoRA's B starts at zero, so A's gradient is zero at step 0; B's must not be.
+    assert any(p.grad.abs().sum() > 0 for n, p in c.llm.named_parameters() if "lora_B" in n)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in c.text_adapter.parameters())
+
+    c.zero_grad(set_to_none=True)
+    c.set_trainable(adapter=True, lora=False)  # phase 2: the LLM, LoRA included, is frozen
+    queries = torch.randn(2, 8, QUERY_DIM, requires_grad=True)  # stands for the Q-Former's output
+    c.itg_loss(queries, ["title", "title"], ["Red dress", "Blue skirt"]).backward()
+    assert queries.grad is not None and queries.grad.abs().sum() > 0
+    assert all(p.grad is None for p in c.llm.parameters())
+    assert all(p.grad is not None for p in c.text_adapter.parameters())
+
+
+def test_decoding_is_deterministic_for_a_seed_and_checks_its_arguments(captioner):
+    z = torch.randn(3, 8, QUERY_DIM, generator=torch.Generator().manual_seed(3))
+    a = captioner.generate(z, "title", Decoding("sample", 6, seed=11))
+    b = captioner.generate(z, "title", Decoding("sample", 6, seed=11))
+    c = captioner.generate(z, "title", Decoding("sample", 6, seed=12))
+    assert a == b and a != c
+    assert len(captioner.generate(z, "title", Decoding("beam", 6, num_beams=2))) == 3
+    for mode in ("greedy", "sample"):
+        cached = captioner.generate(z, "attributes", Decoding(mode, 6, seed=2))
+        assert any(cached) or mode == "greedy"  # an untrained model may well stop at once when greedy
+        assert cached == captioner.generate(z, "attributes", Decoding(mode, 6, seed=2, use_cache=False))
+    with pytest.raises(ConfigError, match="style: expected one of title, description, attributes"):
+        captioner.generate(z, "poem")
+    with pytest.raises(ConfigError, match="decoding mode"):
+        Decoding("nucleus")
+
+
+def test_a_tiny_captioner_overfits_a_few_captions_exactly():
+    torch.manual_seed(4)
+    config = replace(tiny().llm, lora_rank=16, lora_alpha=32, lora_dropout=0.0)
+    c = Captioner.build(config, QUERY_DIM)
+    c.set_trainable(adapter=True, lora=True)
+    z = torch.randn(4, 8, QUERY_DIM)
+    answers = ["Red striped dress", "Navy shirt", "Green floral skirt", "Black jacket"]
+    opt = torch.optim.AdamW([p for p in c.parameters() if p.requires_grad], lr=3e-3)
+    c.train()
+    for _ in range(300):
+        loss = c.itg_loss(z, ["title"] * 4, answers)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    c.eval()
+    assert c.generate(z, "title", Decoding("greedy", 10)) == answers
+
+
+def test_rank_zero_means_no_lora_and_round_trips(tmp_path):
+    torch.manual_seed(5)
+    config = replace(tiny().llm, lora_rank=0)
+    c = Captioner.build(config, QUERY_DIM)
+    assert c.lora_parameters() == []
+    c.set_trainable(adapter=True, lora=True)
+    assert all(not p.requires_grad for p in c.llm.parameters())
+    c.itg_loss(torch.randn(1, 8, QUERY_DIM), ["title"], ["Red dress"]).backward()
+    assert all(p.grad is not None for p in c.text_adapter.parameters())
+    c.save_pretrained(tmp_path / "captioner")
+    assert not (tmp_path / "captioner" / "lora.safetensors").exists()
+    back = Captioner.from_pretrained(tmp_path / "captioner")
+    z = torch.randn(2, 8, QUERY_DIM)
+    assert back.generate(z, "title", Decoding("greedy", 5)) == c.eval().generate(z, "title", Decoding("greedy", 5))
+    with pytest.raises(ConfigError, match="lora_rank"):
+        Captioner.build(replace(config, lora_rank=-1), QUERY_DIM)
+
+
+def test_top_p_sampling_keeps_the_smallest_set_reaching_p():
+    from unifashion.models.captioner import sample_top_p
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).expand(2000, -1)
+    g = torch.Generator().manual_seed(0)
+    picks = sample_top_p(logits, 0.6, g)  # 0.5 < 0.6, so tokens 0 and 1 stay, in the ratio 5:3
+    assert set(picks.tolist()) == {0, 1}
+    assert (picks == 0).float().mean().item() == pytest.approx(0.625, abs=0.04)
+    assert sample_top_p(logits, 0.1, g).tolist() == [0] * 2000  # below the top token's mass: greedy

@@ -1,0 +1,376 @@
+"""The caption head: a causal LM prompted with the adapted Q-Former queries (paper 3.1.2, Eq. 6 and 11, App. E).
+
+The 32 query outputs ``Z`` (B, 32, d) of the Q-Former pass through the text
+adapter ``f_theta`` to the LLM's embedding width and sit inside the chat
+template as a soft prompt, followed by the instruction of one caption style::
+
+    USER: <32 adapted queries> + instruction.  ASSISTANT: <answer>
+
+(with the LLM's own chat template where it has one). ITG (Eq. 6) is the
+language-modelling loss on the answer tokens only. LoRA (peft) adapts the
+LLM's attention projections; phase 1b trains ``text_adapter`` + LoRA with the
+Q-Former frozen, phase 2 keeps the whole LLM (LoRA included) frozen and lets
+the ITG gradient reach the adapter and the Q-Former (:meth:`Captioner.set_trainable`).
+
+Generation is batched, with the KV cache (switchable for the benchmark),
+greedy, beam search or sampling, and is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unifashion.config import LLMConfig
+from unifashion.models.adapters import QueryAdapter
+from unifashion.utils.errors import ConfigError, UniFashionError
+from unifashion.utils.io import atomic_write_json
+
+# One instruction per caption style (App. E). ``attributes`` is the
+# attribute-rich style ("category: dress; colour: red; ...") that states every
+# attribute the data labels; the other two follow the dataset's own captions.
+CAPTION_STYLES: dict[str, str] = {
+    "title": "Write a short product title for this garment.",
+    "description": "Describe this garment for its product page.",
+    "attributes": "List every attribute of this garment.",
+}
+SYSTEM_PROMPT = "You write fashion product captions."
+SOFT_PROMPT_MARK = "<queries>"
+
+DecodeMode = Literal["greedy", "beam", "sample"]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How :meth:`Captioner.generate` picks tokens."""
+
+    mode: DecodeMode = "greedy"
+    max_new_tokens: int = 40
+    num_beams: int = 4  # beam only
+    temperature: float = 0.7  # sample only
+    top_p: float = 0.9  # sample only
+    seed: int = 0
+    use_cache: bool = True  # the KV cache; off only to measure what it saves
+
+    def generate_kwargs(self, end_id: int, pad_id: int) -> dict[str, Any]:
+        """Arguments of transformers' ``generate`` for this decoding."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "use_cache": self.use_cache,
+            "eos_token_id": end_id,
+            "pad_token_id": pad_id,
+        }
+        if self.mode == "greedy":
+            kwargs.update(do_sample=False, num_beams=1)
+        elif self.mode == "beam":
+            kwargs.update(do_sample=False, num_beams=self.num_beams, early_stopping=True)
+        else:
+            kwargs.update(do_sample=True, num_beams=1, temperature=self.temperature, top_p=self.top_p, top_k=0)
+        return kwargs
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("greedy", "beam", "sample"):
+            raise ConfigError(f"decoding mode: expected greedy, beam or sample, got {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: expected a positive integer, got {self.max_new_tokens}")
+
+
+def check_style(style: str, styles: dict[str, str]) -> str:
+    if style not in styles:
+        raise ConfigError(f"style: expected one of {', '.join(styles)}, got {style!r}")
+    return style
+
+
+class Captioner(nn.Module):
+    """``text_adapter`` (f_theta) + a causal LM with LoRA + its tokenizer."""
+
+    def __init__(
+        self, config: LLMConfig, query_dim: int, llm: nn.Module, tokenizer, styles: dict[str, str] | None = None
+    ):
+        super().__init__()
+        self.config = config
+        self.query_dim = query_dim
+        self.llm = llm  # a peft model (LoRA) around the causal LM
+        self.tokenizer = tokenizer
+        self.styles = dict(styles or CAPTION_STYLES)
+        width = llm.get_input_embeddings().weight.shape[1]
+        self.text_adapter = QueryAdapter(query_dim, width)
+        self._prompts: dict[str, tuple[list[int], list[int]]] = {}
+
+    @classmethod
+    def build(cls, config: LLMConfig, query_dim: int, *, styles: dict[str, str] | None = None) -> Captioner:
+        """The preset's LLM (frozen) with fresh LoRA weights and a fresh adapter
+        (``lora_rank`` 0: no LoRA, the adapter alone learns to prompt the frozen LLM)."""
+        from peft import LoraConfig, get_peft_model
+
+        from unifashion.backbones.llm import load_llm
+
+        if config.lora_rank < 0:
+            raise ConfigError(f"llm.lora_rank: expected 0 (no LoRA) or a positive rank, got {config.lora_rank}")
+        tokenizer, base = load_llm(config)
+        if config.lora_rank == 0:
+            base.requires_grad_(False)
+            return cls(config, query_dim, base, tokenizer, styles)
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_targets),
+            bias="none",
+        )
+        llm = get_peft_model(base, lora)  # freezes every base weight
+        return cls(config, query_dim, llm, tokenizer, styles)
+
+    # -- which parameters train ----------------------------------------------
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.llm.named_parameters() if "lora_" in n]
+
+    def set_trainable(self, *, adapter: bool, lora: bool) -> None:
+        """Phase 1b: adapter and LoRA; phase 2: adapter only (the LLM with its LoRA frozen)."""
+        for p in self.text_adapter.parameters():
+            p.requires_grad_(adapter)
+        for n, p in self.llm.named_parameters():
+            p.requires_grad_(lora and "lora_" in n)
+
+    # -- prompts ----------------------------------------------------------------
+
+    def prompt_ids(self, style: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the soft prompt for ``style``."""
+        check_style(style, self.styles)
+        if style not in self._prompts:
+            prefix, suffix = render_prompt(self.tokenizer, self.styles[style])
+            encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]
+            self._prompts[style] = (encode(prefix), encode(suffix))
+        return self._prompts[style]
+
+    @property
+    def end_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ConfigError("the LLM's tokenizer has no end-of-sequence token")
+        return int(eos)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else self.end_id
+
+    def _embed(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        table = self.llm.get_input_embeddings()
+        return table(torch.as_tensor(ids, dtype=torch.long, device=table.weight.device))
+
+    # -- ITG (Eq. 6) ---------------------------------------------------------------
+
+    def itg_loss(self, query_outputs: torch.Tensor, styles: list[str], answers: list[str]) -> torch.Tensor:
+        """Cross-entropy of the answer tokens given soft prompt + instruction.
+        ``query_outputs`` (B, Q, d); one style and one answer per row."""
+        if not (len(styles) == len(answers) == query_outputs.shape[0]):
+            raise ValueError("itg_loss: one style and one answer per row of query_outputs")
+        soft = self.text_adapter(query_outputs)  # (B, Q, h)
+        q = soft.shape[1]
+        rows, labels = [], []
+        for style, answer in zip(styles, answers, strict=True):
+            prefix, suffix = self.prompt_ids(style)
+            target = self.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"] + [self.end_id]
+            rows.append(prefix + [self.pad_id] * q + suffix + target)
+            labels.append([-100] * (len(prefix) + q + len(suffix)) + target)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (r, la) in enumerate(zip(rows, labels, strict=True)):
+            ids[i, : len(r)] = torch.tensor(r)
+            lab[i, : len(la)] = torch.tensor(la)
+            mask[i, : len(r)] = 1
+        device = soft.device
+        embeds = self._embed(ids.to(device))  # (B, L, h)
+        start = len(self.prompt_ids(styles[0])[0])  # the prefix is the same for every style
+        embeds = torch.cat([embeds[:, :start], soft.to(embeds.dtype), embeds[:, start + q :]], dim=1)
+        # Logits only from the position before the first answer token on: the
+        # vocabulary projection of the prompt positions would be thrown away.
+        first = int((lab != -100).int().argmax(dim=1).min())
+        keep = width - first + 1
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask.to(device), logits_to_keep=keep).logits
+        targets = lab[:, width - keep + 1 :].to(device)  # the token each kept position predicts
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=-100)  # fmt: skip
+
+    # -- generation -------------------------------------------------------------------
+
+    def prompt_embeddings(self, soft: torch.Tensor, style: str) -> torch.Tensor:
+        """[prefix tokens, soft prompt (B, Q, h), instruction tokens]: (B, L, h)."""
+        prefix, suffix = self.prompt_ids(style)
+        b = soft.shape[0]
+        pre = self._embed(prefix).unsqueeze(0).expand(b, -1, -1)
+        post = self._embed(suffix).unsqueeze(0).expand(b, -1, -1)
+        return torch.cat([pre, soft.to(pre.dtype), post], dim=1)
+
+    @torch.no_grad()
+    def generate_from_embeddings(self, embeds: torch.Tensor, decoding: Decoding) -> list[list[int]]:
+        """New token ids (up to the end token) for prompts given as embeddings (B, L, h), all of length L.
+
+        Greedy and sampling run the loop below, where the KV cache is visible
+        (and can be switched off to measure it); beam search is transformers'."""
+        if decoding.mode == "beam":
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            rows = self.llm.generate(
+                inputs_embeds=embeds, attention_mask=mask, **decoding.generate_kwargs(self.end_id, self.pad_id)
+            ).tolist()
+        else:
+            rows = self.decode_loop(embeds, decoding)
+        return [row[: row.index(self.end_id)] if self.end_id in row else row for row in rows]
+
+    def _cache_argument(self) -> str:
+        """The KV cache's keyword in the LM's forward: ``cache`` in recent transformers, else ``past_key_values``."""
+        import inspect
+
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    @torch.no_grad()
+    def decode_loop(self, embeds: torch.Tensor, decoding: Decoding, *, stop_at_end: bool = True) -> list[list[int]]:
+        """Greedy or top-p sampling, one token per step for the whole batch.
+
+        With the cache, each step feeds only the newest token and the keys and
+        values of everything before it; without, each step runs the whole
+        sequence again. ``stop_at_end=False`` always runs ``max_new_tokens``
+        steps (for speed measurements)."""
+        b = embeds.shape[0]
+        generator = torch.Generator(device="cpu").manual_seed(decoding.seed)
+        sequence = embeds  # (B, L, h): what the model has not cached yet, or everything without the cache
+        past = None
+        done = torch.zeros(b, dtype=torch.bool)
+        tokens: list[torch.Tensor] = []
+        length = embeds.shape[1]
+        for _ in range(decoding.max_new_tokens):
+            mask = torch.ones(b, length, dtype=torch.long, device=embeds.device)
+            cache = {self._cache_argument(): past} if past is not None else {}
+            out = self.llm(inputs_embeds=sequence, attention_mask=mask, use_cache=decoding.use_cache,
+                           logits_to_keep=1, **cache)  # fmt: skip
+            logits = out.logits[:, -1].float().cpu()  # (B, V)
+            if decoding.mode == "greedy":
+                next_token = logits.argmax(dim=-1)
+            else:
+                next_token = sample_top_p(logits / decoding.temperature, decoding.top_p, generator)
+            next_token = torch.where(done, torch.full_like(next_token, self.pad_id), next_token)
+            tokens.append(next_token)
+            done |= (next_token == self.end_id) & stop_at_end
+            if bool(done.all()):
+                break
+            new = self._embed(next_token.to(embeds.device)).unsqueeze(1).to(embeds.dtype)  # (B, 1, h)
+            if decoding.use_cache:
+                past, sequence = out["cache"] if "cache" in out else out["past_key_values"], new
+            else:
+                sequence = torch.cat([sequence, new], dim=1)
+            length += 1
+        return torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
+
+    @torch.no_grad()
+    def generate(self, query_outputs: torch.Tensor, style: str, decoding: Decoding | None = None) -> list[str]:
+        """One caption of ``style`` per row of ``query_outputs`` (B, Q, d)."""
+        decoding = decoding or Decoding(max_new_tokens=self.config.max_new_tokens)
+        embeds = self.prompt_embeddings(self.text_adapter(query_outputs), style)
+        ids = self.generate_from_embeddings(embeds, decoding)
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+
+    # -- persistence ------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """``text_adapter.safetensors``, ``lora.safetensors`` and ``captioner.json`` into ``folder``."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        adapter = {k: v.detach().cpu().contiguous() for k, v in self.text_adapter.state_dict().items()}
+        save_file(adapter, os.fspath(folder / "text_adapter.safetensors"))
+        if self.config.lora_rank > 0:
+            lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.llm).items()}
+            save_file(lora, os.fspath(folder / "lora.safetensors"))
+        meta = {"llm": dataclasses.asdict(self.config), "query_dim": self.query_dim, "styles": self.styles}
+        atomic_write_json(folder / "captioner.json", meta)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> Captioner:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from unifashion.backbones.hub import load_state_strict
+        from unifashion.config import from_dict
+
+        folder = Path(folder)
+        meta_path = folder / "captioner.json"
+        if not meta_path.is_file():
+            raise UniFashionError(f"{folder}: no captioner.json (this checkpoint has no caption head)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{meta_path}: not valid JSON ({exc})") from None
+        for key in ("llm", "query_dim", "styles"):
+            if key not in meta:
+                raise ConfigError(f"{meta_path}: missing field {key!r}")
+        config = from_dict(LLMConfig, meta["llm"], where=f"{meta_path}: llm")
+        model = cls.build(config, int(meta["query_dim"]), styles=meta["styles"])
+        needed = (
+            ("text_adapter.safetensors", "lora.safetensors") if config.lora_rank > 0 else ("text_adapter.safetensors",)
+        )
+        for name in needed:
+            if not (folder / name).is_file():
+                raise UniFashionError(f"{folder}: {name} is missing")
+        load_state_strict(model.text_adapter, load_file(os.fspath(folder / "text_adapter.safetensors")),
+                          what=str(folder / "text_adapter.safetensors"))  # fmt: skip
+        if config.lora_rank == 0:
+            return model.eval()
+        lora = load_file(os.fspath(folder / "lora.safetensors"))
+        result = set_peft_model_state_dict(model.llm, lora)
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if missing or unexpected:
+            raise UniFashionError(
+                f"{folder / 'lora.safetensors'}: does not fit the LLM "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        return model.eval()
+
+
+def sample_top_p(logits: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of ``logits`` (B, V) from the smallest set of most likely
+    tokens whose probability reaches ``top_p`` (nucleus sampling)."""
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
+    sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # the most likely token always stays
+    pick = torch.multinomial(sorted_probs, 1, generator=generator)  # (B, 1) index into the sorted order
+    return order.gather(1, pick).squeeze(1)
+
+
+def render_prompt(tokenizer, instruction: str) -> tuple[str, str]:
+    """The prompt text before and after the soft prompt: the LLM's chat
+    template when it has one (a short system turn, then the user turn holding
+    the queries and the instruction), else the paper's plain
+    ``"USER: <queries> instruction ASSISTANT:"``."""
+    content = f"{SOFT_PROMPT_MARK}\n{instruction}"
+    if getattr(tokenizer, "chat_template", None):
+        text = None
+        for messages in (
+            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}],
+            [{"role": "user", "content": content}],  # templates without a system role
+        ):
+            try:
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                break
+            except Exception:  # a template may reject the system role in its own way
+                continue
+        if text is not None and text.count(SOFT_PROMPT_MARK) == 1:
+            before, after = text.split(SOFT_PROMPT_MARK)
+            return before, after
+    return "USER: ", f" {instruction} ASSISTANT:"
