@@ -52,6 +52,9 @@ from unifashion.utils.io import atomic_write_bytes, atomic_write_json
 
 # Caption weights w of the fused CIR score reported side by side.
 FUSION_SWEEP = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+# The default w, chosen on FashionSynth's `test` split (not on `val` or `novel`, where it is reported):
+# 0.25 -> 98.14, 0 -> 98.11, 1 -> 97.87 (README, captioning section).
+CAPTION_WEIGHT = 0.25
 
 
 @dataclass
@@ -216,7 +219,7 @@ def evaluate_cir(
     rerank_k: int = 20,
     bf16: bool = True,
     candidate_captions: dict[str, str] | None = None,
-    caption_weight: float = 1.0,
+    caption_weight: float = CAPTION_WEIGHT,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Composed retrieval, Fashion-IQ protocol, with the baselines, per category.
 
@@ -322,7 +325,7 @@ def evaluate_split(
     dump_dir: str | os.PathLike | None = None,
     progress: bool = True,
     candidate_captions: dict[str, str] | None = None,
-    caption_weight: float = 1.0,
+    caption_weight: float = CAPTION_WEIGHT,
 ) -> dict[str, Any]:
     """Every retrieval metric of one split (whatever parts its data allows)."""
     started = time.perf_counter()

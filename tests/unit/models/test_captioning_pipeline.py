@@ -122,7 +122,7 @@ def test_caption_assisted_cir_reports_the_table_4_variants(captioned, tmp_path):
     assert v["without_image"] == cir["composed_captions"]["average"]
     assert v["full"] == cir["composed_fused"]["average"]
     assert v["fusion_sweep"]["0.0"] == v["without_captions"]
-    assert v["fusion_sweep"]["1.0"] == v["full"]
+    assert v["fusion_sweep"][str(v["caption_weight"])] == v["full"] and v["caption_weight"] == 0.25
 
 
 def test_ground_truth_captions_as_the_candidate_library(captioned, tmp_path):
