@@ -19,10 +19,10 @@ from dataclasses import replace
 import torch
 
 from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.captioning import generate_captions
 from unifashion.config import CaptionTrainingConfig
 from unifashion.data.formats import read_split
 from unifashion.evaluation.attributes import attribute_scores
-from unifashion.evaluation.captioning import generate_captions
 from unifashion.models.captioner import Captioner, Decoding
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.captioning import caption_items, image_queries, train_phase1b_captioner

@@ -1,4 +1,4 @@
-"""Captions for image files: load a checkpoint with a caption head and caption images in batches."""
+"""Captions for images: load a checkpoint with a caption head and caption images in batches."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from unifashion.backbones.feature_cache import FeatureCache
 from unifashion.data.records import ImageRef
 from unifashion.models.captioner import Captioner, Decoding
 from unifashion.models.retrieval import RetrievalModel
+from unifashion.training.captioning import image_queries
 from unifashion.training.loop import autocast
 from unifashion.utils.errors import UniFashionError
 
@@ -28,6 +30,25 @@ def load_captioning_model(path: str | os.PathLike) -> tuple[RetrievalModel, Capt
 
 
 @torch.no_grad()
+def generate_captions(
+    captioner: Captioner,
+    queries: torch.Tensor,
+    style: str,
+    decoding: Decoding | None = None,
+    *,
+    batch_size: int = 16,
+    bf16: bool = True,
+    progress: bool = True,
+) -> list[str]:
+    """One caption of ``style`` per row of ``queries`` (N, Q, d), in batches."""
+    out: list[str] = []
+    n = queries.shape[0]
+    for start in tqdm(range(0, n, batch_size), desc=f"captions ({style})", disable=not progress, leave=False):
+        with autocast(bf16):
+            out += captioner.generate(queries[start : start + batch_size].float(), style, decoding)
+    return out
+
+
 def caption_images(
     model: RetrievalModel,
     captioner: Captioner,
@@ -39,15 +60,11 @@ def caption_images(
     bf16: bool = True,
     cache: FeatureCache | None = None,
 ) -> list[str]:
-    """One caption per image; unreadable images raise a :class:`DataError` naming the file."""
+    """One caption per image (the same path as the evaluation); unreadable images raise a
+    :class:`DataError` naming the file."""
     refs = [im if isinstance(im, ImageRef) else ImageRef(os.fspath(im)) for im in images]
     for ref in refs:
         ref.verify()
-    cache = cache or FeatureCache(model.vision)
-    feats = cache.features(refs, progress=False)  # (N, T, C) float16
-    out: list[str] = []
-    for start in range(0, len(refs), batch_size):
-        with autocast(bf16):
-            queries = model.qformer.image_queries(feats[start : start + batch_size].float())  # (B, Q, d)
-            out += captioner.generate(queries.float(), style, decoding)
-    return out
+    table = image_queries(model, refs, cache or FeatureCache(model.vision), bf16=bf16, progress=False)
+    queries = table.batch(table.rows(tuple(refs)))  # (N, Q, d)
+    return generate_captions(captioner, queries, style, decoding, batch_size=batch_size, bf16=bf16, progress=False)

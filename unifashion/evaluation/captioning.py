@@ -28,17 +28,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from unifashion.backbones.feature_cache import FeatureCache
-from unifashion.captioning import load_captioning_model
+from unifashion.captioning import generate_captions, load_captioning_model
 from unifashion.data.captions import style_texts
 from unifashion.data.records import DatasetSplit
 from unifashion.evaluation.attributes import attribute_scores
 from unifashion.models.captioner import Captioner, Decoding
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.captioning import image_queries
-from unifashion.training.loop import autocast
 
 SPICE_SKIPPED = "not computed: SPICE needs the Stanford CoreNLP models, a download this offline set-up does not make"
 # PTBTokenizer's punctuation list (pycocoevalcap/tokenizer/ptbtokenizer.py), for the no-Java fallback.
@@ -125,26 +123,6 @@ def coco_caption_scores(references: dict[str, list[str]], candidates: dict[str, 
     out["SPICE_skipped"] = SPICE_SKIPPED
     out["tokenizer"] = "PTBTokenizer (Java)" if java else "python (Java missing)"
     out["items"] = len(references)
-    return out
-
-
-@torch.no_grad()
-def generate_captions(
-    captioner: Captioner,
-    queries: torch.Tensor,
-    style: str,
-    decoding: Decoding | None = None,
-    *,
-    batch_size: int = 16,
-    bf16: bool = True,
-    progress: bool = True,
-) -> list[str]:
-    """One caption of ``style`` per row of ``queries`` (N, Q, d), in batches."""
-    out: list[str] = []
-    n = queries.shape[0]
-    for start in tqdm(range(0, n, batch_size), desc=f"captions ({style})", disable=not progress, leave=False):
-        with autocast(bf16):
-            out += captioner.generate(queries[start : start + batch_size].float(), style, decoding)
     return out
 
 

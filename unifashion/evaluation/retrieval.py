@@ -431,7 +431,7 @@ def generate_candidate_captions(
     model: RetrievalModel, captioner, data: DatasetSplit, cache: FeatureCache, style: str, *, bf16: bool = True
 ) -> dict[str, str]:
     """The pre-generated candidate library: one caption per product of the split (its first view)."""
-    from unifashion.evaluation.captioning import generate_captions
+    from unifashion.captioning import generate_captions
     from unifashion.training.captioning import image_queries
 
     refs = tuple(p.images[0] for p in data.products)
