@@ -122,6 +122,11 @@ class DiffusionConfig:
     guidance_scale: float = 3.0
     sampler: Literal["plms", "ddim", "dpm++"] = "dpm++"
     sampling_steps: int = 20
+    # Where the sampling steps sit: "leading" (Stable Diffusion's) or "trailing".
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+    # > 0: DDIM clips, DPM-Solver++ thresholds, the predicted x_0 at this
+    # absolute value (latents are scaled to unit variance); 0: off.
+    clip_range: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,43 @@ class CaptionTrainingConfig:
     # Caption styles trained, each item drawing one of its product's styles at random.
     styles: tuple[str, ...] = ("title", "description", "attributes")
     log_every: int = 10
+
+
+@dataclass(frozen=True)
+class GenerationTrainingConfig:
+    """Phase 1b of the image head: the VAE, then one U-Net per task on q2I (Eq. 7), Q-Former frozen."""
+
+    # Defaults = the quickstart's ``full`` run (8,000 FashionSynth products,
+    # 64 px images, 16 x 16 latents; timings in the generation section of README).
+    tasks: tuple[str, ...] = ("text2image", "tryon", "design")
+    vae_steps: int = 2500
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    # Random square crops of this size (0: whole images): the VAE is fully
+    # convolutional, and colour and edges are local, so crops teach it the
+    # same at a quarter of the cost of 64 px images.
+    vae_crop: int = 32
+    # Weight of the KL term per latent value against the L1 term per pixel;
+    # small, as in Stable Diffusion's VAE: the latents stay close to a
+    # deterministic code, their scale is fixed afterwards.
+    vae_kl_weight: float = 1e-4
+    reuse_vae: bool = True  # keep the checkpoint's vae/ when it has one
+    steps: int = 2500  # text2image U-Net
+    tryon_steps: int = 500
+    design_steps: int = 500
+    batch_size: int = 32
+    lr: float = 4e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    # Shares of text-only / image-only / composed conditions in text2image batches.
+    condition_mix: tuple[float, ...] = (0.5, 0.25, 0.25)
+    # Share of rows whose noise level is drawn from the noisiest fifth of the
+    # schedule (where the model must read the condition); 0: uniform (DDPM).
+    noisy_share: float = 0.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    bf16: bool = True
+    log_every: int = 25
 
 
 def tiny() -> ModelConfig:

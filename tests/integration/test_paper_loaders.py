@@ -7,7 +7,7 @@ import torch
 
 from unifashion.backbones import diffusion, hub, llm, text, vision
 from unifashion.config import paper
-from unifashion.utils.errors import BackboneError
+from unifashion.utils.errors import BackboneError, ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -218,6 +218,33 @@ def test_sd_unet_and_vae_load_from_a_local_folder(sd_folder):
         assert torch.equal(loaded_unet.state_dict()[name], tensor), name
     for name, tensor in vae.state_dict().items():
         assert torch.equal(loaded_vae.state_dict()[name], tensor), name
+
+
+def test_paper_image_heads_start_from_the_pretrained_unet_with_zero_extra_channels(sd_folder):
+    """A try-on head on a Paint-by-Example U-Net (9 channels) reads 9 + 18 pose channels; the new
+    channels start at zero, so at the start the pose changes nothing and the rest is the pretrained model."""
+    from dataclasses import replace
+
+    from unifashion.config import DiffusionConfig
+    from unifashion.models.generator import Generator
+
+    folder, unet, vae = sd_folder
+    cfg = DiffusionConfig(source=str(folder), cross_attention_dim=32, image_size=16)
+    head = Generator.build(cfg, "tryon", condition_dim=48).eval()
+    assert head.unet.config.in_channels == 4 + 4 + 1 + 18
+    assert head.spec.latent_scale == vae.config.scaling_factor
+    torch.manual_seed(0)
+    x = torch.randn(1, 9, 8, 8)
+    cond = torch.randn(1, 3, 32)
+    t = torch.tensor([10])
+    with torch.no_grad():
+        ref = unet(x, t, encoder_hidden_states=cond).sample
+        pose = torch.randn(1, 18, 8, 8)
+        out = head.unet(torch.cat([x, pose], dim=1), t, encoder_hidden_states=cond).sample
+    assert torch.allclose(out, ref, atol=1e-5)
+    # A text2image head on the same folder would need fewer channels than the U-Net has: named.
+    with pytest.raises(ConfigError, match="input channels"):
+        Generator.build(replace(cfg), "text2image", condition_dim=48)
 
 
 def test_pickle_only_checkpoints_are_refused(tmp_path):

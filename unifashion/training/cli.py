@@ -289,3 +289,7 @@ def add_train_eval_commands(sub) -> None:
     p.add_argument("--max-items", type=int, default=None, help="score only the first N products of each split")
     p.add_argument("--no-bf16", action="store_true")
     p.set_defaults(func=cmd_eval_captioning)
+
+    from unifashion.cli_generation import add_generation_commands
+
+    add_generation_commands(sub, tsub, esub)

@@ -1,0 +1,131 @@
+"""End to end on the tiny preset: train the image heads, evaluate them, and the three commands."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unifashion import cli
+
+
+@pytest.fixture(scope="module")
+def with_heads(trained, tmp_path_factory):
+    data, model = trained
+    out = tmp_path_factory.mktemp("generation") / "model"
+    code = cli.main(["train", "generation", "--model", str(model), "--data", str(data), "--out", str(out),
+                     "--vae-steps", "30", "--steps", "30", "--tryon-steps", "10", "--design-steps", "10",
+                     "--batch-size", "8", "--no-bf16"])  # fmt: skip
+    assert code == 0
+    return data, model, out
+
+
+def test_training_writes_the_vae_and_one_head_per_task(with_heads):
+    _, model, out = with_heads
+    meta = json.loads((out / "config.json").read_text())
+    assert {"generation:text2image", "generation:tryon", "generation:design"} <= set(meta["heads"])
+    for sub in ("vae", "generator", "tryon", "design"):
+        assert any((out / sub).rglob("*.safetensors")), sub
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
+    summary = meta["training"]["generation"]["summary"]
+    assert summary["vae"]["latent_scale"] > 0
+    assert 0 <= summary["vae"]["train_fidelity"]["colour_kept"] <= 100
+    assert (out / "logs" / "losses_phase1b_text2image.csv").is_file()
+    # The retrieval weights travel unchanged.
+    assert (out / "qformer.safetensors").read_bytes() == (model / "qformer.safetensors").read_bytes()
+
+
+def test_a_second_run_reuses_the_vae_and_keeps_other_heads(with_heads, tmp_path):
+    data, _, out = with_heads
+    again = tmp_path / "again"
+    code = cli.main(["train", "generation", "--model", str(out), "--data", str(data), "--out", str(again),
+                     "--tasks", "tryon", "--tryon-steps", "5", "--batch-size", "4", "--no-bf16"])  # fmt: skip
+    assert code == 0
+    assert (again / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        out / "vae" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()
+    assert (again / "design" / "adapter.safetensors").read_bytes() == (
+        out / "design" / "adapter.safetensors"
+    ).read_bytes()
+    meta = json.loads((again / "config.json").read_text())
+    assert "reused" in meta["training"]["generation"]["summary"]["vae"]
+
+
+def test_eval_generation_reports_every_figure(with_heads, tmp_path):
+    data, _, out = with_heads
+    js = tmp_path / "gen.json"
+    code = cli.main(["eval", "generation", "--model", str(out), "--data", str(data), "--split", "val",
+                     "--limit", "6", "--steps", "2", "--sampler-sweep", "plms:4,ddim:2,dpm++:2",
+                     "--batch-size", "6", "--json", str(js), "--samples", str(tmp_path / "sheets")])  # fmt: skip
+    assert code == 0
+    r = json.loads(js.read_text())["splits"]["val"]
+    for key in (
+        "fid_effnet",
+        "kid_effnet_x1000",
+        "colour_accuracy",
+        "category_accuracy",
+        "itc_score",
+        "seconds_per_image",
+    ):
+        assert isinstance(r["text"][key], float), key
+        assert isinstance(r["composed"][key], float), key
+    assert set(r["samplers"]) == {"plms-4", "ddim-2", "dpm++-2"}
+    # The colour measurement on the real images is the ceiling: it reads FashionSynth's colours.
+    assert r["real_images"]["colour_accuracy"] >= 80
+    for task in ("tryon", "design"):
+        for setting in ("paired", "unpaired"):
+            x = r[task][setting]
+            assert x["outside_mask_change_pasted"] == 0.0
+            assert x["outside_mask_change_raw"] > 0.0
+        assert 0 <= r[task]["paired"]["ssim"] <= 1
+    assert (tmp_path / "sheets" / "val" / "text.png").is_file()
+    assert (tmp_path / "sheets" / "val" / "tryon_paired.png").is_file()
+
+
+def test_generate_tryon_and_design_commands_write_images(with_heads, tmp_path):
+    data, _, out = with_heads
+    rows = [json.loads(line) for line in (data / "tryon.jsonl").read_text().splitlines()]
+    s = rows[0]
+    product = json.loads((data / "products.jsonl").read_text().splitlines()[0])
+    image = str(data / product["image"])
+    assert cli.main(["generate", "--model", str(out), "--text", "a red dress", "--steps", "3", "--num", "2",
+                     "--out", str(tmp_path / "g.png")]) == 0  # fmt: skip
+    a = np.asarray(Image.open(tmp_path / "g_0.png"))
+    assert a.shape[2] == 3 and (tmp_path / "g_1.png").is_file()
+    # Same seed, same image.
+    assert cli.main(["generate", "--model", str(out), "--text", "a red dress", "--steps", "3",
+                     "--out", str(tmp_path / "again.png")]) == 0  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), a)
+    assert cli.main(["generate", "--model", str(out), "--image", image, "--text", "make it blue", "--steps", "2",
+                     "--sampler", "plms", "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
+    person = str(data / s["person"])
+    common = ["--model", str(out), "--person", person, "--mask", str(data / s["agnostic_mask"]),
+              "--pose", str(data / s["pose"]), "--steps", "2"]  # fmt: skip
+    assert cli.main(["tryon", *common, "--cloth", str(data / s["cloth"]), "--out", str(tmp_path / "t.png")]) == 0
+    assert cli.main(["design", *common, "--text", s["text"], "--sketch", str(data / s["sketch"]),
+                     "--out", str(tmp_path / "d.png")]) == 0  # fmt: skip
+    tryon = np.asarray(Image.open(tmp_path / "t.png")).astype(int)
+    # Outside the mask the person is kept pixel for pixel (at the head's resolution).
+    from unifashion.data.records import ImageRef
+    from unifashion.generation import fit_image, fit_mask
+
+    hw = tryon.shape[:2]
+    src = fit_image(Image.open(person), hw).astype(int)
+    keep = fit_mask(ImageRef(str(data / s["agnostic_mask"])), hw) <= 0.5
+    assert np.array_equal(tryon[keep], src[keep])
+
+
+def test_bad_requests_get_clear_errors(with_heads, tmp_path, capsys):
+    _, model, out = with_heads
+    assert cli.main(["generate", "--model", str(out), "--out", str(tmp_path / "x.png")]) == 1
+    assert "--text, --image" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", str(out), "--text", "red", "--out", str(tmp_path / "x.txt")]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", str(model), "--text", "red", "--out", str(tmp_path / "x.png")]) == 1
+    assert "train generation" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", str(out), "--text", "   ", "--out", str(tmp_path / "x.png")]) == 1
+    assert "empty text" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert cli.main(["generate", "--model", str(out), "--image", str(bad), "--out", str(tmp_path / "x.png")]) == 1
+    assert "bad.png" in capsys.readouterr().err
