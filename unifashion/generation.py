@@ -128,10 +128,6 @@ class InpaintInputs:
     masks: np.ndarray  # (B, H, W) in [0, 1]; 1 = generated region
 
 
-def person_hw(generator: Generator) -> tuple[int, int]:
-    return generator.image_hw
-
-
 def agnostic_from(person: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """A person with the masked region greyed out (when a dataset gives no agnostic image)."""
     m = mask[..., None] > 0.5

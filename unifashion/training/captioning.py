@@ -11,7 +11,6 @@ writes a checkpoint with the retrieval weights and a ``captioner/`` folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -30,9 +29,15 @@ from unifashion.data.records import DatasetSplit, ImageRef
 from unifashion.models.captioner import Captioner, check_style
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import FeatureTable, pick
-from unifashion.training.loop import LossLog, PhaseOptimizer, autocast, epoch_batches, seed_everything
+from unifashion.training.loop import (
+    LossLog,
+    PhaseOptimizer,
+    autocast,
+    epoch_batches,
+    extended_checkpoint,
+    seed_everything,
+)
 from unifashion.utils.errors import DataError
-from unifashion.utils.io import atomic_directory, atomic_write_json
 
 
 @dataclass
@@ -191,25 +196,11 @@ def save_with_captioner(
     logs: Path | None = None,
 ) -> Path:
     """The retrieval checkpoint ``model_path`` + ``captioner/``, written atomically to ``out``."""
-    source = Path(model_path)
-    meta = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    with atomic_directory(out) as tmp:
-        for entry in source.iterdir():
-            if entry.name == "captioner" or entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            else:
-                shutil.copy2(entry, tmp / entry.name)
+    with extended_checkpoint(model_path, out, replaced={"captioner"}, logs=logs) as (tmp, meta):
         captioner.save_pretrained(tmp / "captioner")
-        if logs is not None and logs.exists():
-            shutil.copytree(logs, tmp / "logs", dirs_exist_ok=True)
         meta["heads"] = sorted(set(meta.get("heads", [])) | {"captioning"})
         meta["config"]["llm"] = dataclasses.asdict(captioner.config)
         meta.setdefault("training", {})["captioning"] = training
-        atomic_write_json(tmp / "config.json", meta)
-    if logs is not None:
-        shutil.rmtree(logs, ignore_errors=True)
     return Path(out)
 
 

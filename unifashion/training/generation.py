@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -53,9 +52,16 @@ from unifashion.generation import (
 from unifashion.models.generator import Generator, build_vae, check_task, from_pixels, training_schedule
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import FeatureTable, pick, product_texts, training_query_text
-from unifashion.training.loop import LossLog, PhaseOptimizer, adamw, autocast, cosine_with_warmup, seed_everything
+from unifashion.training.loop import (
+    LossLog,
+    PhaseOptimizer,
+    adamw,
+    autocast,
+    cosine_with_warmup,
+    extended_checkpoint,
+    seed_everything,
+)
 from unifashion.utils.errors import DataError
-from unifashion.utils.io import atomic_directory, atomic_write_json
 
 
 def product_hw(cfg_size: int) -> tuple[int, int]:
@@ -408,24 +414,11 @@ def save_with_image_heads(
 ) -> Path:
     """Checkpoint ``model_path`` + ``vae/`` + the heads, written atomically to ``out``
     (heads of other tasks already in ``model_path`` are kept)."""
-    meta = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
     replaced = {"vae", *(HEAD_FOLDERS[t] for t in heads)}
-    with atomic_directory(out) as tmp:
-        for entry in model_path.iterdir():
-            if entry.name in replaced or entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            else:
-                shutil.copy2(entry, tmp / entry.name)
+    with extended_checkpoint(model_path, out, replaced=replaced, logs=logs) as (tmp, meta):
         vae.save_pretrained(os.fspath(tmp / "vae"), safe_serialization=True)
         for task, head in heads.items():
             head.save_pretrained(tmp / HEAD_FOLDERS[task], with_vae=False)
-        if logs is not None and logs.exists():
-            shutil.copytree(logs, tmp / "logs", dirs_exist_ok=True)
         meta["heads"] = sorted(set(meta.get("heads", [])) | {"generation", *(f"generation:{t}" for t in heads)})
         meta.setdefault("training", {})["generation"] = training
-        atomic_write_json(tmp / "config.json", meta)
-    if logs is not None:
-        shutil.rmtree(logs, ignore_errors=True)
     return out

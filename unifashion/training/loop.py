@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import random
+import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,3 +165,33 @@ def grouped_epoch_batches(
     stop = len(mixed) - len(mixed) % batch_size if len(mixed) >= batch_size else len(mixed)
     batches += [mixed[k : k + batch_size] for k in range(0, stop, batch_size)]
     return [torch.tensor(batches[k]) for k in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+@contextlib.contextmanager
+def extended_checkpoint(
+    source: str | os.PathLike, out: str | os.PathLike, *, replaced: set[str], logs: Path | None = None
+) -> Iterator[tuple[Path, dict]]:
+    """Add a head to checkpoint ``source``, written atomically to ``out`` (which may be ``source``).
+
+    Yields a scratch folder holding a copy of ``source`` without the entries named in ``replaced``,
+    and its parsed ``config.json``; the caller writes the new parts there and updates the dict. On
+    exit the training ``logs`` folder is merged into ``logs/``, ``config.json`` is written, the
+    scratch folder takes ``out``'s place in one rename, and the live logs are removed."""
+    from unifashion.utils.io import atomic_directory, atomic_write_json
+
+    source = Path(source)
+    meta = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    with atomic_directory(out) as tmp:
+        for entry in source.iterdir():
+            if entry.name in replaced or entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, tmp / entry.name)
+            else:
+                shutil.copy2(entry, tmp / entry.name)
+        yield tmp, meta
+        if logs is not None and logs.exists():
+            shutil.copytree(logs, tmp / "logs", dirs_exist_ok=True)
+        atomic_write_json(tmp / "config.json", meta)
+    if logs is not None:
+        shutil.rmtree(logs, ignore_errors=True)
