@@ -24,11 +24,9 @@ $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/unifashion doctor
-	rm -rf $(DEMO_OUT)/fashionsynth
-	$(VENV)/bin/unifashion data synth --out $(DEMO_OUT)/fashionsynth --products 1000
-	$(VENV)/bin/unifashion data stats $(DEMO_OUT)/fashionsynth
-	$(VENV)/bin/unifashion data preview $(DEMO_OUT)/fashionsynth --out $(DEMO_OUT)/fashionsynth-preview.png
-	@echo "FashionSynth is in $(DEMO_OUT)/fashionsynth; open $(DEMO_OUT)/fashionsynth-preview.png to look at it."
+	$(VENV)/bin/unifashion quickstart --out $(DEMO_OUT)
+	@echo "Open $(DEMO_OUT)/report.html in a browser (or: python3 -m http.server -d $(DEMO_OUT), then http://localhost:8000/report.html)."
+	@echo "Use the model from Python: UniFashion.from_pretrained('$(DEMO_OUT)/model') (see README)."
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check unifashion tests benchmarks

@@ -78,6 +78,8 @@ class QFormerConfig:
     # token outputs (better on FashionSynth with the MiniLM initialisation,
     # whose sentence embedding is a mean; see the retrieval notes in README).
     text_pooling: Literal["cls", "mean"] = "mean"
+    # Dropout of hidden states and attention probabilities while training (BERT's 0.1).
+    dropout: float = 0.1
     # "minilm": initialise from all-MiniLM-L6-v2 (mini); "random": fresh
     # weights (tiny); "blip2": load from the BLIP-2 checkpoint in ``source``.
     init: Literal["minilm", "random", "blip2"] = "minilm"

@@ -118,6 +118,8 @@ def blip2_qformer_config(config: QFormerConfig, encoder_hidden_size: int):
         cross_attention_frequency=config.cross_attention_frequency,
         encoder_hidden_size=encoder_hidden_size,
         use_qformer_text_input=True,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
     )
 
 

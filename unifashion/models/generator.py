@@ -332,6 +332,7 @@ class Generator(nn.Module):
         generator: torch.Generator | None = None,
         drop_rate: float | None = None,
         noisy_share: float = 0.0,
+        shard=None,
     ) -> torch.Tensor:
         """E ||eps - eps_theta(x_t, t, f_zeta(Z))||^2 on clean latents (B, 4, h, w); the condition
         is dropped for a ``drop_rate`` share of the rows (classifier-free guidance).
@@ -339,7 +340,10 @@ class Generator(nn.Module):
         t is uniform over the schedule, except for a ``noisy_share`` of the rows drawn from its
         noisiest fifth: only there is x_t too noisy to show the garment, so only there does the
         model have to read the condition (what colour, which garment), and uniform sampling
-        gives those steps a tenth of the updates."""
+        gives those steps a tenth of the updates.
+
+        With a ``shard`` (:class:`unifashion.utils.distributed.Shard`) the random draws cover the
+        whole batch, and only this process's rows go through the U-Net."""
         b = latents.shape[0]
         steps = schedule.config.num_train_timesteps
         drop_rate = self.config.condition_dropout if drop_rate is None else drop_rate
@@ -350,6 +354,11 @@ class Generator(nn.Module):
         x_t = schedule.add_noise(latents, noise, t)
         cond, mask = self.condition(states, states_mask)
         keep = torch.rand(b, generator=generator).to(latents.device) >= drop_rate
+        if shard is not None and shard.world > 1:
+            lo, hi = shard.bounds(b)
+            x_t, t, noise, keep, cond = x_t[lo:hi], t[lo:hi], noise[lo:hi], keep[lo:hi], cond[lo:hi]
+            mask = None if mask is None else mask[lo:hi]
+            extra = None if extra is None else extra[lo:hi]
         cond, mask = self.drop_condition(cond, mask, keep)
         return F.mse_loss(self.predict_noise(x_t, t, cond, mask, extra).float(), noise.float())
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unifashion.config import QFormerConfig
+from unifashion.utils.distributed import Shard, gather_rows
 
 UNIMODAL, BIDIRECTIONAL = "unimodal", "bidirectional"
 
@@ -201,7 +202,9 @@ def sample_hard_negatives(
 ) -> torch.Tensor:
     """For each row of ``sim`` (R, C), one column index sampled with probability
     softmax(sim) over the non-positive columns (BLIP-2's hard negatives)."""
-    weights = torch.softmax(sim.detach().float(), dim=1).masked_fill(positives, 0.0) + 1e-8 * (~positives)
+    # Drawn on the CPU, where the (seeded) generator lives; the indices go back to ``sim``'s device.
+    sim, positives = sim.detach().float().cpu(), positives.cpu()
+    weights = torch.softmax(sim, dim=1).masked_fill(positives, 0.0) + 1e-8 * (~positives)
     # A row whose every column is a positive (a batch of one product) draws uniformly.
     empty = weights.sum(dim=1, keepdim=True) == 0
     weights = torch.where(empty, torch.ones_like(weights), weights)
@@ -216,12 +219,14 @@ def itm_loss(
     ids: torch.Tensor,
     generator: torch.Generator | None = None,
     num_pairs: int | None = None,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     """Eq. 4 with hard negatives (BLIP-2). The first ``num_pairs`` (default:
     all B) matched pairs of the batch are positives; each of their texts gets a
     hard negative image and each image a hard negative text, drawn from the
     whole batch by ITC similarity (``sim_t2i`` (B, B)). Cross-entropy over the
-    3k pairs."""
+    3k pairs; with a ``shard`` (:class:`unifashion.utils.distributed.Shard`) this
+    process scores its share of them (every process draws the same negatives)."""
     k = image_feats.shape[0] if num_pairs is None else min(num_pairs, image_feats.shape[0])
     positives = positives_from_ids(ids, ids)
     neg_image = sample_hard_negatives(sim_t2i[:k], positives[:k], generator)  # an image for each text
@@ -231,9 +236,11 @@ def itm_loss(
         torch.cat([text.input_ids[:k], text.input_ids[:k], text.input_ids[neg_text]], 0),
         torch.cat([text.attention_mask[:k], text.attention_mask[:k], text.attention_mask[neg_text]], 0),
     )
-    logits = model.itm_logits(feats, texts)
-    labels = torch.cat([torch.ones(k), torch.zeros(2 * k)]).long().to(logits.device)
-    return F.cross_entropy(logits, labels)
+    labels = torch.cat([torch.ones(k), torch.zeros(2 * k)]).long().to(feats.device)
+    if shard is not None and shard.world > 1:
+        lo, hi = shard.bounds(3 * k)
+        feats, texts, labels = feats[lo:hi], texts[lo:hi], labels[lo:hi]
+    return F.cross_entropy(model.itm_logits(feats, texts), labels)
 
 
 @dataclass
@@ -256,6 +263,7 @@ def cir_loss(
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     itm_pairs: int | None = None,
     pair_itc_weight: float = 0.0,
+    shard: Shard | None = None,
 ) -> CirLosses:
     """Eq. 10: ``ITC(e_cls, Z_T) + ITC(e_cls, Z_C) + ITM(t, Z_T)``.
 
@@ -271,15 +279,18 @@ def cir_loss(
     cross-modal alignment while phase 2 trains the same Q-Former, and costs
     nothing extra since both sides are computed already.
     """
-    e_cls = model.composed_embedding(reference_feats, text)  # (B, e)
-    z_t = F.normalize(model.vision_proj(model.image_queries(target_feats)), dim=-1)  # (B, Q, e)
-    z_c = model.text_embedding(target_caption)  # (B, e)
+    shard = shard or Shard()
+    lo, hi = shard.bounds(reference_feats.shape[0])
+    e_cls = gather_rows(model.composed_embedding(reference_feats[lo:hi], text[lo:hi]), shard)  # (B, e)
+    z_t = F.normalize(model.vision_proj(model.image_queries(target_feats[lo:hi])), dim=-1)  # (b, Q, e)
+    z_t = gather_rows(z_t, shard)  # (B, Q, e)
+    z_c = gather_rows(model.text_embedding(target_caption[lo:hi]), shard)  # (B, e)
     temperature = model.temperature()
     positives = positives_from_ids(target_ids, target_ids)
     sim_target = max_over_queries(z_t, e_cls)  # (B_query, B_target)
     loss_t = contrastive_loss(sim_target / temperature, positives)
     loss_c = contrastive_loss(e_cls @ z_c.t() / temperature, positives)
-    loss_m = itm_loss(model, target_feats, text, sim_target.float(), target_ids, generator, itm_pairs)
+    loss_m = itm_loss(model, target_feats, text, sim_target.float(), target_ids, generator, itm_pairs, shard)
     total = weights[0] * loss_t + weights[1] * loss_c + weights[2] * loss_m
     loss_p = torch.zeros((), device=total.device)
     if pair_itc_weight > 0:

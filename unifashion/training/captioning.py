@@ -28,15 +28,10 @@ from unifashion.data.formats import read_split
 from unifashion.data.records import DatasetSplit, ImageRef
 from unifashion.models.captioner import Captioner, check_style
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.data import FeatureTable, pick
-from unifashion.training.loop import (
-    LossLog,
-    PhaseOptimizer,
-    autocast,
-    epoch_batches,
-    extended_checkpoint,
-    seed_everything,
-)
+from unifashion.training.data import FeatureTable
+from unifashion.training.loop import LossLog, autocast, extended_checkpoint, seed_everything, steps_for
+from unifashion.training.runner import OptimConfig, StageRunner
+from unifashion.training.stages import CaptionStage
 from unifashion.utils.errors import DataError
 
 
@@ -111,35 +106,19 @@ def train_phase1b_captioner(
     log: LossLog,
     *,
     progress: bool = True,
+    runner: StageRunner | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """ITG on (Z_I, instruction of a style, caption of that style); only the adapter and LoRA train."""
     for s in cfg.styles:
         check_style(s, captioner.styles)
     captioner.set_trainable(adapter=True, lora=True)
-    captioner.train()
     generator = seed_everything(cfg.seed + 2)
-    opt = PhaseOptimizer.plan(captioner, len(items), cfg.epochs, cfg)
-    bar = tqdm(total=opt.total_steps, desc="phase 1b (ITG, caption head)", disable=not progress, leave=False)
-    last: dict[str, float] = {}
-    step = 0
-    while step < opt.total_steps:
-        for idx in epoch_batches(len(items), opt.batch_size, generator):
-            if step >= opt.total_steps:
-                break
-            rows = idx.tolist()
-            styles = [pick(sorted(items.texts[i]), generator) for i in rows]
-            answers = [pick(items.texts[i][s], generator) for i, s in zip(rows, styles, strict=True)]
-            queries = table.batch([pick(items.views[i], generator) for i in rows])  # (B, Q, d)
-            with autocast(cfg.bf16):
-                loss = captioner.itg_loss(queries, styles, answers)
-            opt.step(loss)
-            step += 1
-            last = {"itg": loss.item()}
-            if step % cfg.log_every == 0 or step == opt.total_steps:
-                log.write("phase1b_caption", step, step / opt.steps_per_epoch, opt.lr(), **last)
-            bar.set_postfix(itg=f"{last['itg']:.3f}")
-            bar.update()
-    bar.close()
+    batch, total = steps_for(len(items), cfg.batch_size, cfg.epochs)
+    stage = CaptionStage(captioner, items, table, cfg, batch, total)
+    runner = runner or StageRunner(None, log, progress=progress)
+    optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.warmup_ratio)
+    last = runner.run(stage, optim, generator, log_every=cfg.log_every, resume=resume)
     captioner.eval()
     return last
 

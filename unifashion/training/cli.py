@@ -25,6 +25,20 @@ def cmd_train_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_pipeline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unifashion.training.pipeline import load_pipeline_config, train_pipeline
+    from unifashion.utils.errors import ConfigError
+
+    if not args.config or not args.pipeline_out:
+        raise ConfigError("train: give --config CONFIG and --out MODEL, or a COMMAND (see unifashion train --help)")
+    cfg = load_pipeline_config(args.config, args.set)
+    summary = train_pipeline(cfg, Path(args.pipeline_out), resume=args.resume)
+    print(json.dumps({"out": args.pipeline_out, "stages": summary}, indent=2, default=str))
+    return 0
+
+
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from unifashion.evaluation.retrieval import evaluate_model, save_json
 
@@ -202,8 +216,19 @@ def add_train_eval_commands(sub) -> None:
     from unifashion.config import RetrievalTrainingConfig
     from unifashion.data.formats import FORMATS
 
-    train = sub.add_parser("train", help="train a model")
-    tsub = train.add_subparsers(dest="train_command", metavar="COMMAND", required=True)
+    train = sub.add_parser(
+        "train",
+        help="train a model: every phase from a config file (--config), or one part (COMMAND)",
+        description="With --config: phase 1a, phase 1b (caption head, VAE, image heads) and phase 2, "
+        "resumable (--resume); runs under torchrun / accelerate launch as it is. Or one part with COMMAND.",
+    )
+    train.add_argument("--config", default=None, help="TOML or YAML file of the run (see configs/)")
+    train.add_argument("--out", dest="pipeline_out", default=None, help="model folder to write (with --config)")
+    train.add_argument("--resume", action="store_true", help="continue the run of --out from its last checkpoint")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config value (TOML syntax), e.g. --set retrieval.phase1_epochs=0.5")  # fmt: skip
+    train.set_defaults(func=cmd_train_pipeline)
+    tsub = train.add_subparsers(dest="train_command", metavar="COMMAND", required=False)
     p = tsub.add_parser("retrieval", help="phase 1a (ITC + ITM) then phase 2 (L_cir) of the Q-Former")
     p.add_argument("--data", required=True, help="dataset folder (any supported format)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from unifashion.backbones.feature_cache import FeatureCache
@@ -49,18 +48,12 @@ from unifashion.generation import (
     sample_inputs,
     text_condition,
 )
-from unifashion.models.generator import Generator, build_vae, check_task, from_pixels, training_schedule
+from unifashion.models.generator import Generator, build_vae, check_task, from_pixels
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import FeatureTable, pick, product_texts, training_query_text
-from unifashion.training.loop import (
-    LossLog,
-    PhaseOptimizer,
-    adamw,
-    autocast,
-    cosine_with_warmup,
-    extended_checkpoint,
-    seed_everything,
-)
+from unifashion.training.loop import LossLog, extended_checkpoint, seed_everything
+from unifashion.training.runner import OptimConfig, StageRunner
+from unifashion.training.stages import UNetStage, VaeStage
 from unifashion.utils.errors import DataError
 
 
@@ -71,12 +64,6 @@ def product_hw(cfg_size: int) -> tuple[int, int]:
 def person_hw(cfg_size: int) -> tuple[int, int]:
     """Persons are 4:3 (height:width), as in VITON-HD and Dress Code."""
     return (cfg_size, cfg_size * 3 // 4)
-
-
-def _steps_optimizer(module: torch.nn.Module, steps: int, batch: int, lr: float, wd: float, warmup: float):
-    optimizer = adamw(list(module.named_parameters()), lr, wd)
-    schedule = cosine_with_warmup(optimizer, steps, int(warmup * steps))
-    return PhaseOptimizer(batch, steps, steps, optimizer, schedule, module, clip_norm=1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -90,39 +77,15 @@ def train_vae(
     log: LossLog,
     *,
     progress: bool = True,
+    runner: StageRunner | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """``cfg.vae_steps`` steps on batches drawn from ``pools`` (uint8 (N, H, W, 3) arrays, one
     image size each; a pool is picked in proportion to its size), on random ``cfg.vae_crop`` crops."""
-    gen = seed_everything(cfg.seed)
-    pools = [p for p in pools if len(p)]
-    sizes = torch.tensor([len(p) for p in pools], dtype=torch.float)
-    opt = _steps_optimizer(vae, cfg.vae_steps, cfg.vae_batch_size, cfg.vae_lr, 0.0, cfg.warmup_ratio)
-    vae.train()
-    last: dict[str, float] = {}
-    bar = tqdm(range(cfg.vae_steps), desc="phase 1b: VAE", disable=not progress)
-    for step in bar:
-        pool = pools[int(torch.multinomial(sizes, 1, generator=gen))]
-        idx = torch.randint(0, len(pool), (min(cfg.vae_batch_size, len(pool)),), generator=gen).numpy()
-        x = from_pixels(pool[idx])
-        c = cfg.vae_crop
-        if c and c < min(x.shape[-2:]):
-            top = int(torch.randint(0, x.shape[-2] - c + 1, (1,), generator=gen))
-            left = int(torch.randint(0, x.shape[-1] - c + 1, (1,), generator=gen))
-            x = x[..., top : top + c, left : left + c]
-        if torch.rand(1, generator=gen).item() < 0.5:
-            x = x.flip(-1)
-        with autocast(cfg.bf16):
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-            recon = vae.decode(z).sample
-        rec = F.l1_loss(recon.float(), x)
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = rec + cfg.vae_kl_weight * kl
-        opt.step(loss)
-        last = {"l1": rec.item(), "kl": kl.item()}
-        if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
-            log.write("phase1b_vae", step, step / max(1, cfg.vae_steps), opt.lr(), **last)
-            bar.set_postfix(l1=f"{last['l1']:.4f}")
+    generator = seed_everything(cfg.seed)
+    runner = runner or StageRunner(None, log, progress=progress)
+    optim = OptimConfig(cfg.vae_lr, 0.0, cfg.warmup_ratio, clip_norm=1.0)
+    last = runner.run(VaeStage(vae, pools, cfg), optim, generator, log_every=cfg.log_every, resume=resume)
     vae.eval()
     return last
 
@@ -160,29 +123,6 @@ def vae_colour_fidelity(vae: torch.nn.Module, pixels: np.ndarray, batch_size: in
 
 # ---------------------------------------------------------------------------
 # the U-Net heads
-
-
-class EMA:
-    """Exponential moving average of a module's trainable weights (what sampling uses)."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, p in module.named_parameters():
-            if k in self.shadow:
-                self.shadow[k].lerp_(p.detach(), 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, module: torch.nn.Module) -> None:
-        for k, p in module.named_parameters():
-            if k in self.shadow:
-                p.copy_(self.shadow[k])
 
 
 @dataclass
@@ -267,6 +207,30 @@ def inpaint_data(
     return InpaintData(torch.cat(targets), torch.cat(extras), cloth, [s.text or "" for s in samples])
 
 
+def head_batches(model: RetrievalModel, generator: Generator, data: Text2ImageData | InpaintData,
+                 cfg: GenerationTrainingConfig):  # fmt: skip
+    """A function drawing one global batch (latents, states, mask, spatial input, kind) of ``generator``'s task."""
+    kinds = ("text", "image", "composed")
+    mix = torch.tensor(cfg.condition_mix, dtype=torch.float)
+    if isinstance(data, Text2ImageData) and not data.triplets:
+        mix[2] = 0.0
+
+    @torch.no_grad()
+    def draw(gen: torch.Generator):
+        if isinstance(data, Text2ImageData):
+            kind = kinds[int(torch.multinomial(mix, 1, generator=gen))]
+            latents, states, mask = text2image_batch(model, data, kind, cfg.batch_size, gen, cfg.bf16)
+            return latents, states, mask, None, kind
+        idx = torch.randint(0, data.targets.shape[0], (min(cfg.batch_size, data.targets.shape[0]),), generator=gen)
+        if data.cloth_feats is not None:
+            states, mask = image_condition(model, data.cloth_feats[idx].float(), cfg.bf16)
+        else:
+            states, mask = text_condition(model, [data.texts[i] for i in idx.tolist()], cfg.bf16)
+        return data.targets[idx], states.detach(), mask, data.extra[idx], generator.task
+
+    return draw
+
+
 def train_head(
     model: RetrievalModel,
     generator: Generator,
@@ -276,50 +240,18 @@ def train_head(
     log: LossLog,
     *,
     progress: bool = True,
+    runner: StageRunner | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """``steps`` of q2I (Eq. 7) on ``image_adapter`` + U-Net + null condition; VAE and Q-Former frozen.
     The weights end as their exponential moving average (``cfg.ema_decay``; 0 turns it off)."""
     gen = seed_everything(cfg.seed)
     model.eval()
-    generator.vae.requires_grad_(False).eval()
-    trainable = torch.nn.ModuleDict({"adapter": generator.image_adapter, "unet": generator.unet})
-    trainable.register_parameter("null_condition", generator.null_condition)
-    opt = _steps_optimizer(trainable, steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_ratio)
-    ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    schedule = training_schedule(generator.config)
-    kinds = ("text", "image", "composed")
-    mix = torch.tensor(cfg.condition_mix, dtype=torch.float)
-    if isinstance(data, Text2ImageData) and not data.triplets:
-        mix[2] = 0.0
-    phase = f"phase1b_{generator.task}"
-    trainable.train()
-    last: dict[str, float] = {}
-    bar = tqdm(range(steps), desc=f"phase 1b: {generator.task} U-Net", disable=not progress)
-    for step in bar:
-        extra = None
-        if isinstance(data, Text2ImageData):
-            kind = kinds[int(torch.multinomial(mix, 1, generator=gen))]
-            latents, states, mask = text2image_batch(model, data, kind, cfg.batch_size, gen, cfg.bf16)
-        else:
-            kind = generator.task
-            idx = torch.randint(0, data.targets.shape[0], (min(cfg.batch_size, data.targets.shape[0]),), generator=gen)
-            latents, extra = data.targets[idx], data.extra[idx]
-            if data.cloth_feats is not None:
-                states, mask = image_condition(model, data.cloth_feats[idx].float(), cfg.bf16)
-            else:
-                states, mask = text_condition(model, [data.texts[i] for i in idx.tolist()], cfg.bf16)
-        with autocast(cfg.bf16):
-            loss = generator.q2i_loss(latents, states, mask, extra, schedule, gen, noisy_share=cfg.noisy_share)
-        opt.step(loss)
-        if ema is not None:
-            ema.update(trainable)
-        last = {"q2i": loss.item()}
-        if step % cfg.log_every == 0 or step == steps - 1:
-            log.write(phase, step, step / max(1, steps), opt.lr(), **{f"q2i_{kind}": last["q2i"]})
-            bar.set_postfix(q2i=f"{last['q2i']:.4f}")
-    if ema is not None:
-        ema.copy_to(trainable)
-    trainable.eval()
+    stage = UNetStage(generator, head_batches(model, generator, data, cfg), cfg, steps)
+    runner = runner or StageRunner(None, log, progress=progress)
+    optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.warmup_ratio, clip_norm=1.0)
+    last = runner.run(stage, optim, gen, log_every=cfg.log_every, resume=resume)
+    stage.eval()
     return last
 
 

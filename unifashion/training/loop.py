@@ -12,7 +12,6 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,38 +56,10 @@ def cosine_with_warmup(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@dataclass
-class PhaseOptimizer:
-    """Steps, AdamW and the warm-up + cosine schedule of one training phase."""
-
-    batch_size: int
-    steps_per_epoch: int
-    total_steps: int
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LambdaLR
-    module: nn.Module
-    clip_norm: float = 5.0
-
-    @classmethod
-    def plan(cls, module: nn.Module, num_items: int, epochs: float, cfg) -> PhaseOptimizer:
-        """``epochs`` over ``num_items`` in batches of ``cfg.batch_size`` (fewer if the data is smaller)."""
-        batch = min(cfg.batch_size, num_items)
-        steps_per_epoch = max(1, num_items // batch)
-        total = max(1, math.ceil(epochs * steps_per_epoch))
-        optimizer = adamw(list(module.named_parameters()), cfg.lr, cfg.weight_decay)
-        schedule = cosine_with_warmup(optimizer, total, int(cfg.warmup_ratio * total))
-        return cls(batch, steps_per_epoch, total, optimizer, schedule, module)
-
-    def step(self, loss: torch.Tensor) -> None:
-        """Backward, clip the gradient norm, optimiser and schedule step."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_norm)
-        self.optimizer.step()
-        self.schedule.step()
-
-    def lr(self) -> float:
-        return self.schedule.get_last_lr()[0]
+def steps_for(num_items: int, batch_size: int, epochs: float) -> tuple[int, int]:
+    """(batch size, total steps) of ``epochs`` over ``num_items`` (a smaller batch if the data is smaller)."""
+    batch = min(batch_size, num_items)
+    return batch, max(1, math.ceil(epochs * max(1, num_items // batch)))
 
 
 def autocast(enabled: bool, device: torch.device | str = "cpu"):
@@ -129,6 +100,23 @@ class LossLog:
             if new_file:
                 writer.writeheader()
             writer.writerow(row)
+
+    def truncate(self, phase: str, step: int) -> None:
+        """Drop the rows of ``phase`` after ``step`` (a resumed run logs them again)."""
+        self.rows = [r for r in self.rows if r["phase"] != phase or r["step"] <= step]
+        path = self.folder / f"losses_{phase}.csv" if self.folder else None
+        if path is None or not path.is_file():
+            return
+        with open(path, newline="", encoding="utf-8") as f:
+            kept = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        fields = list(kept[0]) if kept else None
+        if fields is None:
+            path.unlink()
+            return
+        from unifashion.utils.io import atomic_write_text
+
+        lines = [",".join(fields)] + [",".join(r[k] for k in fields) for r in kept]
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:

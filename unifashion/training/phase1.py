@@ -6,20 +6,12 @@ L_cross = ITC(text, Z_I) + ITM(Z_C, Z_I); the vision encoder stays frozen
 
 from __future__ import annotations
 
-from tqdm import tqdm
-
 from unifashion.config import RetrievalTrainingConfig
-from unifashion.models.qformer import itc_loss, itm_loss
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.data import FeatureTable, PairItems, pick
-from unifashion.training.loop import (
-    LossLog,
-    PhaseOptimizer,
-    autocast,
-    epoch_batches,
-    grouped_epoch_batches,
-    seed_everything,
-)
+from unifashion.training.data import FeatureTable, PairItems
+from unifashion.training.loop import LossLog, seed_everything, steps_for
+from unifashion.training.runner import OptimConfig, StageRunner
+from unifashion.training.stages import Phase1aStage
 
 
 def train_phase1a(
@@ -30,47 +22,13 @@ def train_phase1a(
     log: LossLog,
     *,
     progress: bool = True,
+    runner: StageRunner | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """Train with ITC + ITM for ``cfg.phase1_epochs`` epochs; returns the last losses."""
-    qf = model.qformer.train()
     generator = seed_everything(cfg.seed)
-    opt = PhaseOptimizer.plan(qf, len(items), cfg.phase1_epochs, cfg)
-    batch, total = opt.batch_size, opt.total_steps
-    bar = tqdm(total=total, desc="phase 1a (ITC + ITM)", disable=not progress, leave=False)
-    last: dict[str, float] = {}
-    step = 0
-    while step < total:
-        if cfg.category_batches > 0:
-            batches = grouped_epoch_batches(items.categories, batch, generator, cfg.category_batches)
-        else:
-            batches = epoch_batches(len(items), batch, generator)
-        for idx in batches:
-            if step >= total:
-                break
-            views = [pick(items.views[i], generator) for i in idx.tolist()]
-            texts = [pick(items.texts[i], generator) for i in idx.tolist()]
-            feats = table.batch(views)  # (B, N, C)
-            text = model.tokenize(texts)
-            with autocast(cfg.bf16):
-                image_embeds = qf.image_embeddings(feats)  # (B, Q, e)
-                text_embeds = qf.text_embedding(text)  # (B, e)
-                loss_itc, sim = itc_loss(image_embeds, text_embeds, qf.temperature(), idx)
-                loss_itm = itm_loss(qf, feats, text, sim.float(), idx, generator, cfg.itm_pairs)
-                loss = loss_itc + cfg.itm_weight * loss_itm
-            opt.step(loss)
-            step += 1
-            last = {"loss": loss.item(), "itc": loss_itc.item(), "itm": loss_itm.item()}
-            if step % cfg.log_every == 0 or step == total:
-                log.write(
-                    "phase1a",
-                    step,
-                    step / opt.steps_per_epoch,
-                    opt.lr(),
-                    **last,
-                    temp=qf.temperature().item(),
-                )
-            bar.set_postfix(itc=f"{last['itc']:.3f}", itm=f"{last['itm']:.3f}")
-            bar.update()
-    bar.close()
-    qf.eval()
-    return last
+    batch, total = steps_for(len(items), cfg.batch_size, cfg.phase1_epochs)
+    stage = Phase1aStage(model, items, table, cfg, batch, total)
+    runner = runner or StageRunner(None, log, progress=progress)
+    optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.warmup_ratio)
+    return runner.run(stage, optim, generator, log_every=cfg.log_every, resume=resume)

@@ -14,7 +14,7 @@ from unifashion.config import ModelConfig, RetrievalTrainingConfig, get_preset
 from unifashion.data.formats import read_split
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import FeatureTable, pair_items, triplet_items
-from unifashion.training.loop import LossLog
+from unifashion.training.loop import LossLog, seed_everything
 from unifashion.training.phase1 import train_phase1a
 from unifashion.training.phase2 import train_phase2
 
@@ -40,6 +40,7 @@ def train_retrieval(
     config = get_preset(preset) if isinstance(preset, str) else preset
     started = time.perf_counter()
     data = read_split(data_root, split, fmt)
+    seed_everything(cfg.seed)  # fresh weights (tiny) are part of the run's seed
     model = RetrievalModel.build(config)
     cache = FeatureCache(model.vision)
     table = FeatureTable.build([r for p in data.products for r in p.images], cache, progress=progress)

@@ -29,3 +29,7 @@ class DataError(UniFashionError, ValueError):
                 where += f" [{item}]"
             where += ": "
         super().__init__(where + message)
+
+
+class PickleCheckpointError(UniFashionError, ValueError):
+    """A checkpoint folder holds a pickle-format file (which could run code when read)."""

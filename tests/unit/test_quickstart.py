@@ -1,0 +1,110 @@
+"""The main job end to end at its smoke-test size, and the ablation table on the same data."""
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from unifashion import cli
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart") / "run"
+    assert cli.main(["quickstart", "--out", str(out), "--size", "tiny", "--quiet"]) == 0
+    return out
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        assert isinstance(d, dict) and part in d, dotted
+        d = d[part]
+    return d
+
+
+def test_report_json_holds_every_figure_of_the_contract(quickstart):
+    report = json.loads((quickstart / "report.json").read_text())
+    for direction in ("i2t", "t2i"):
+        for k in ("R@1", "R@5", "R@10"):
+            assert 0 <= _get(report, f"cmr.random100.{direction}.{k}") <= 100
+    for k in ("R@10", "R@50", "avg"):
+        assert 0 <= _get(report, f"cir.average.{k}") <= 100
+        for b in ("image_only", "text_only", "late_fusion"):
+            assert 0 <= _get(report, f"cir.baselines.{b}.{k}") <= 100
+    variants = _get(report, "cir.variants")
+    # The tiny caption head writes empty captions, so the caption-assisted variants say why they did not run.
+    if "skipped" in variants:
+        assert "caption" in variants["skipped"]
+    else:
+        for v in ("full", "without_captions", "without_image"):
+            assert 0 <= variants[v]["avg"] <= 100
+    for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        assert isinstance(_get(report, f"captioning.{k}"), float)
+    assert _get(report, "captioning.baseline_nn.CIDEr") > 0
+    assert _get(report, "generation.fid_effnet") >= 0
+    assert 0 <= _get(report, "generation.colour_accuracy") <= 100
+    samplers = _get(report, "generation.samplers")
+    assert set(samplers) == {"plms-50", "ddim-20", "dpm++-20"}
+    for s in samplers.values():
+        assert s["fid_effnet"] >= 0 and s["seconds_per_image"] > 0
+    assert _get(report, "generation.tryon.paired.outside_mask_change") == 0.0
+    timing = _get(report, "timing")
+    assert timing["total_seconds"] >= sum(timing["stages"].values()) * 0.99
+    assert {"data", "training", "eval retrieval", "eval captioning", "eval generation"} <= set(timing["stages"])
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables, self.svgs = [], 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self.tables += tag == "table"
+        self.svgs += tag == "svg"
+
+
+def test_report_html_shows_tables_samples_and_curves(quickstart):
+    html = (quickstart / "report.html").read_text()
+    for title in ("Table 1", "Table 2", "Table 3", "Table 4"):
+        assert title in html
+    refs = _Refs()
+    refs.feed(html)
+    assert refs.images and all((quickstart / src).is_file() for src in refs.images)
+    report = json.loads((quickstart / "report.json").read_text())
+    assert {"text_search", "composed_search", "captions", "generated", "tryon"} <= set(report["samples"])
+    assert refs.svgs >= len(report["curves"]) >= 7  # one curve per training stage
+    # Each text query shows its top five, flagged where the result is the query's own product.
+    for q in report["samples"]["text_search"]:
+        assert len(q["results"]) == 5
+        assert all(r["match"] == (r["id"] == q["target_id"]) for r in q["results"])
+
+
+def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):
+    from unifashion.models.unifashion import UniFashion
+
+    model = UniFashion.from_pretrained(quickstart / "model")
+    assert {"retrieval", "captioning", "text2image", "tryon", "design"} <= set(model.heads)
+    assert json.loads((quickstart / "data" / "quickstart.json").read_text())["products"] == 700
+
+
+def test_ablation_rows(quickstart, tmp_path):
+    out = tmp_path / "ablation"
+    assert cli.main(["ablate", "--data", str(quickstart / "data"), "--out", str(out), "--size", "tiny",
+                     "--quiet"]) == 0  # fmt: skip
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert list(rows) == ["qformer_only", "with_llm", "with_diffusion", "full"]
+    for row in rows.values():
+        assert 0 <= row["cmr_mean_recall"] <= 100 and 0 <= row["cir_average_recall"] <= 100
+    assert "caption_bleu4" not in rows["qformer_only"] and "generation_fid_effnet" not in rows["qformer_only"]
+    assert "caption_bleu4" in rows["with_llm"] and "generation_fid_effnet" not in rows["with_llm"]
+    assert "generation_fid_effnet" in rows["with_diffusion"] and "caption_bleu4" not in rows["with_diffusion"]
+    assert {"caption_bleu4", "generation_fid_effnet"} <= set(rows["full"])
+    # Phase 2 differs by its terms: the Q-Former of each row is its own; frozen heads are shared.
+    q = {name: (out / name / "qformer.safetensors").read_bytes() for name in rows}
+    assert len(set(q.values())) == 4
+    assert not (out / "qformer_only" / "captioner").exists() and not (out / "qformer_only" / "vae").exists()
+    lora = Path("captioner") / "lora.safetensors"
+    assert (out / "with_llm" / lora).read_bytes() == (out / "full" / lora).read_bytes()

@@ -1,0 +1,413 @@
+"""``unifashion quickstart --out DIR [--size small|full]``: the whole job on the built-in data.
+
+1. writes FashionSynth (``DIR/data``);
+2. trains every phase with the ``mini`` preset (``DIR/model``; resumable with ``--resume``);
+3. evaluates every task on ``val``: cross-modal and composed retrieval (with the baselines of the
+   same run), captioning (with the nearest-neighbour baseline), generation and try-on;
+4. draws sample grids with the trained model (``DIR/samples``) and writes ``DIR/report.json`` and
+   ``DIR/report.html``.
+
+``small`` (the default) fits in about 15 minutes on 2 CPU cores; ``full`` is the size at which the
+quality targets are judged (about 2 hours on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unifashion.utils.errors import ConfigError
+from unifashion.utils.io import atomic_write_json
+
+
+@dataclass(frozen=True)
+class QuickstartSize:
+    products: int
+    image_size: int
+    # Changes to the training config's sections (see ``training/pipeline.py``).
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    caption_items: int | None = None  # products scored per caption style (None: all of val)
+    generation_limit: int = 150  # prompts and try-on samples per setting
+    retrieval_queries: int = 1000
+    preset: str = "mini"
+
+
+SIZES = {
+    "small": QuickstartSize(
+        products=1000,
+        image_size=128,
+        # Step counts fit 15 minutes on 2 CPU cores (measured per stage: README, "The main job").
+        training={
+            "retrieval": {"phase1_epochs": 3.5, "phase2_epochs": 1.0, "log_every": 2},
+            "captioning": {"epochs": 0.3, "log_every": 2},
+            "generation": {"vae_steps": 200, "steps": 120, "tryon_steps": 25, "design_steps": 25, "log_every": 5},
+            "phase2": {"itg_rows": 4, "q2i_rows": 8},
+        },
+        caption_items=50,
+        generation_limit=32,
+    ),
+    "full": QuickstartSize(products=8000, image_size=128),
+    # A smoke test of the whole job in about a minute (random tiny networks: the figures mean nothing).
+    "tiny": QuickstartSize(
+        products=700,  # val needs 100 products for the random-100 protocol
+        image_size=64,
+        preset="tiny",
+        training={
+            "retrieval": {"phase1_epochs": 1.0, "phase2_epochs": 1.0, "batch_size": 16, "bf16": False},
+            "captioning": {"epochs": 0.1, "batch_size": 4, "bf16": False},
+            "generation": {
+                "vae_steps": 4,
+                "vae_batch_size": 8,
+                "steps": 4,
+                "tryon_steps": 3,
+                "design_steps": 3,
+                "batch_size": 8,
+                "bf16": False,
+            },
+            "phase2": {"itg_rows": 4, "q2i_rows": 8},
+        },
+        caption_items=8,
+        generation_limit=6,
+        retrieval_queries=50,
+    ),
+}
+
+
+class Clock:
+    """Seconds per stage, for the report."""
+
+    def __init__(self, progress: bool):
+        self.start = time.perf_counter()
+        self.stages: dict[str, float] = {}
+        self.progress = progress
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        if self.progress:
+            print(f"[quickstart] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        result = fn()
+        self.stages[name] = round(time.perf_counter() - t0, 1)
+        if self.progress:
+            print(f"[quickstart] {name}: {self.stages[name]:.0f} s", flush=True)
+        return result
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
+
+
+def training_config(data: Path, size: QuickstartSize, seed: int, progress: bool):
+    from unifashion.config import from_dict
+    from unifashion.training.pipeline import PipelineConfig
+
+    raw: dict[str, Any] = {k: dict(v) for k, v in size.training.items()}
+    raw["run"] = {"data": str(data), "preset": size.preset, "seed": seed, "checkpoint_every": 50, "progress": progress}
+    return from_dict(PipelineConfig, raw, where="quickstart")
+
+
+def run_quickstart(out: str | Path, size: str = "small", *, seed: int = 0, resume: bool = False,
+                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The whole job (see the module docstring); returns the report."""
+    if size not in SIZES:
+        raise ConfigError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
+    spec = SIZES[size]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Clock(progress)
+    data, model = out / "data", out / "model"
+    clock.run("data", lambda: _write_data(data, spec, seed, progress))
+
+    from unifashion.training.pipeline import train_pipeline
+
+    cfg = training_config(data, spec, seed, progress)
+    stage_copies = out / "stages"
+
+    def keep_phase1a(stage: str, folder: Path) -> None:
+        if stage == "phase1a":  # the CMR row "after phase 1a" of the report
+            shutil.rmtree(stage_copies / "phase1a", ignore_errors=True)
+            shutil.copytree(folder, stage_copies / "phase1a")
+
+    if resume and _trained_with(model, cfg):
+        summary = json.loads((model / "config.json").read_text(encoding="utf-8"))["training"]["pipeline"]["summary"]
+    else:
+        work_exists = (out / "model.work" / "progress.json").is_file()
+        summary = clock.run(
+            "training",
+            lambda: train_pipeline(cfg, model, resume=resume and work_exists, on_stage_end=keep_phase1a),
+        )
+    results: dict[str, Any] = {}
+
+    def evaluate(key: str, name: str, fn) -> None:
+        results[key] = clock.run(name, fn)
+        atomic_write_json(out / "results.json", results)  # what is measured is kept if a later step fails
+
+    evaluate("retrieval", "eval retrieval", lambda: _eval_retrieval(model, data, spec, progress))
+    if (stage_copies / "phase1a").is_dir():
+        evaluate(
+            "retrieval_phase1a",
+            "eval retrieval after phase 1a",
+            lambda: _eval_retrieval(stage_copies / "phase1a", data, spec, progress, cir=False),
+        )
+    evaluate("captioning", "eval captioning", lambda: _eval_captioning(model, data, spec, progress))
+    evaluate("generation", "eval generation", lambda: _eval_generation(model, data, spec, out, progress))
+    samples = clock.run("samples", lambda: draw_samples(model, data, out / "samples", seed))
+    report = build_report(results, samples, summary, spec, size, model, data, clock)
+    atomic_write_json(out / "report.json", report)
+    from unifashion.evaluation.report import render_report
+
+    render_report(report, out)
+    return report
+
+
+def _trained_with(model: Path, cfg) -> bool:
+    """Whether ``model`` is a finished run of the pipeline config ``cfg``."""
+    from unifashion.config import to_dict
+
+    path = model / "config.json"
+    if not path.is_file():
+        return False
+    done = json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("pipeline", {})
+    return done.get("config") == to_dict(cfg.seeded())
+
+
+def _write_data(folder: Path, spec: QuickstartSize, seed: int, progress: bool) -> dict[str, Any]:
+    """FashionSynth at ``folder`` (kept when it was written with the same settings)."""
+    from unifashion.data.synth.generate import SynthConfig, write_fashionsynth
+
+    cfg = SynthConfig(products=spec.products, seed=seed, size=spec.image_size)
+    stamp = folder / "quickstart.json"
+    wanted = {"products": spec.products, "seed": seed, "size": spec.image_size}
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted:
+        return {"reused": str(folder)}
+    shutil.rmtree(folder, ignore_errors=True)
+    summary = write_fashionsynth(folder, cfg, progress=progress)
+    atomic_write_json(stamp, wanted)
+    return summary
+
+
+def _eval_retrieval(model: Path, data: Path, spec: QuickstartSize, progress: bool, cir: bool = True) -> dict[str, Any]:
+    from unifashion.evaluation.retrieval import evaluate_model
+
+    # The phase-1a row (cir=False) is a baseline of Table 1: ITC ranking only, no ITM re-ranking.
+    result = evaluate_model(model, data, ["val"], with_captions=cir, max_queries=spec.retrieval_queries,
+                            progress=progress, rerank_k=10 if cir else 0)  # fmt: skip
+    return result["splits"]["val"]
+
+
+def _eval_captioning(model: Path, data: Path, spec: QuickstartSize, progress: bool) -> dict[str, Any]:
+    from unifashion.evaluation.captioning import evaluate_captioning
+
+    result = evaluate_captioning(
+        model, data, ["val"], styles=("description", "title"), max_items=spec.caption_items, progress=progress
+    )
+    return result["splits"]["val"]
+
+
+def _eval_generation(model: Path, data: Path, spec: QuickstartSize, out: Path, progress: bool) -> dict[str, Any]:
+    from unifashion.evaluation.generation import GenerationEvalConfig, evaluate_generation
+
+    cfg = GenerationEvalConfig(limit=spec.generation_limit, samples_dir=str(out / "samples" / "generation"))
+    return evaluate_generation(model, data, ["val"], cfg, progress=progress)["splits"]["val"]
+
+
+# ---------------------------------------------------------------------------
+# sample grids
+
+
+def draw_samples(model_dir: Path, data_dir: Path, folder: Path, seed: int, n: int = 4, top: int = 5) -> dict[str, Any]:
+    """Searches, captions, generations and try-ons of the trained model on ``val``, as image files
+    under ``folder`` and the JSON that ``report.html`` lays out (paths relative to ``folder``'s parent)."""
+    import numpy as np
+
+    from unifashion.data.formats import read_split
+    from unifashion.models.unifashion import UniFashion
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uf = UniFashion.from_pretrained(model_dir)
+    val = read_split(data_dir, "val")
+    products = [p for p in val.products if p.images and p.captions]
+    if not products:
+        return {}
+    rel = folder.parent
+
+    def save(img, name: str) -> str:
+        path = folder / name
+        img.save(path)
+        return str(path.relative_to(rel))
+
+    def catalog(i: int) -> str:
+        from PIL import Image
+
+        return save(Image.open(products[i].images[0].path).convert("RGB"), f"catalog_{products[i].id}.png")
+
+    image_embeds = uf.encode_images([p.images[0].path for p in products])
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(products), size=min(n, len(products)), replace=False).tolist())
+    samples: dict[str, Any] = {}
+
+    queries = [products[i].captions[0] for i in picks]
+    scores = uf.similarity(uf.encode_texts(queries), image_embeds)
+    samples["text_search"] = [
+        {
+            "query": q,
+            "target_id": products[i].id,
+            "results": [
+                {"image": catalog(j), "id": products[j].id, "match": j == i}
+                for j in scores[k].topk(min(top, len(products))).indices.tolist()
+            ],
+        }
+        for k, (i, q) in enumerate(zip(picks, queries, strict=True))
+    ]
+
+    by_id = {p.id: k for k, p in enumerate(products)}
+    triplets = [t for t in val.triplets if t.target in by_id and t.reference in by_id and t.captions][:n]
+    if triplets:
+        texts = [t.query_text() for t in triplets]  # the Fashion-IQ query of the evaluation
+        composed = uf.encode_composed([products[by_id[t.reference]].images[0].path for t in triplets], texts)
+        scores = uf.similarity(composed, image_embeds)
+        samples["composed_search"] = [
+            {
+                "reference": catalog(by_id[t.reference]),
+                "text": text,
+                "target": catalog(by_id[t.target]),
+                "results": [
+                    {"image": catalog(j), "id": products[j].id, "match": products[j].id == t.target}
+                    for j in scores[k].topk(min(top, len(products))).indices.tolist()
+                ],
+            }
+            for k, (t, text) in enumerate(zip(triplets, texts, strict=True))
+        ]
+    if "captioning" in uf.heads:
+        captions = uf.caption([products[i].images[0].path for i in picks])
+        samples["captions"] = [{"image": catalog(i), "caption": c, "truth": products[i].captions[0]}
+                               for i, c in zip(picks, captions, strict=True)]  # fmt: skip
+    if "text2image" in uf.heads:
+        samples["generated"] = [{"prompt": q, "image": save(uf.generate(text=q, seed=seed)[0], f"generated_{k}.png")}
+                                for k, q in enumerate(queries)]  # fmt: skip
+        if triplets:
+            samples["composed_generated"] = [
+                {"reference": catalog(by_id[t.reference]), "text": text,
+                 "image": save(uf.generate(text=text, image=products[by_id[t.reference]].images[0].path,
+                                           seed=seed)[0], f"composed_{k}.png")}
+                for k, (t, text) in enumerate(zip(triplets, texts, strict=True))
+            ]  # fmt: skip
+    tryons = [s for s in val.tryon if not s.paired and s.agnostic_mask is not None and s.pose][:n]
+    if "tryon" in uf.heads and tryons:
+        from PIL import Image
+
+        rows = []
+        for k, s in enumerate(tryons):
+            result = uf.try_on(s.person.path, s.cloth.path, mask=s.agnostic_mask.path, pose=s.pose,
+                               pose_format=s.pose_format, seed=seed)[0]  # fmt: skip
+            rows.append({"person": save(Image.open(s.person.path).convert("RGB"), f"person_{k}.png"),
+                         "cloth": save(Image.open(s.cloth.path).convert("RGB"), f"cloth_{k}.png"),
+                         "output": save(result, f"tryon_{k}.png")})  # fmt: skip
+        samples["tryon"] = rows
+    return samples
+
+
+# ---------------------------------------------------------------------------
+# report.json
+
+
+def _pick(d: dict, *keys: str) -> dict:
+    return {k: d[k] for k in keys if isinstance(d, dict) and k in d}
+
+
+def _recalls(x: dict) -> dict:
+    return {d: _pick(x.get(d, {}), "R@1", "R@5", "R@10") for d in ("i2t", "t2i")}
+
+
+def build_report(results: dict, samples: dict, summary: dict, spec: QuickstartSize, size: str, model: Path,
+                 data: Path, clock: Clock) -> dict[str, Any]:  # fmt: skip
+    """The report: the figures of every task under the keys of ``report.json``'s contract."""
+    r, c, g = results["retrieval"], results["captioning"], results["generation"]
+    report: dict[str, Any] = {"title": f"UniFashion quickstart ({size})", "size": size, "preset": spec.preset,
+                              "model": str(model), "data": _data_counts(data)}  # fmt: skip
+    cmr = r["cmr"]
+    report["cmr"] = {"full": _recalls(cmr["full"])}
+    if "itc" in cmr.get("random100", {}):
+        report["cmr"]["random100"] = _recalls(cmr["random100"]["itc"])
+        if "itc_itm" in cmr["random100"]:
+            report["cmr"]["random100_itm_rerank"] = _recalls(cmr["random100"]["itc_itm"])
+    early = results.get("retrieval_phase1a")
+    if early and "itc" in early["cmr"].get("random100", {}):
+        report["cmr"]["baseline"] = {"name": "same model after phase 1a only",
+                                     "random100": _recalls(early["cmr"]["random100"]["itc"])}  # fmt: skip
+    cir = r["cir"]
+    if "composed" in cir:
+        report["cir"] = {
+            "model_variant": "composed query Z_R (Eq. 9), ITC",
+            "average": cir["composed"]["average"],
+            "per_category": {k: v for k, v in cir["composed"]["per_category"].items()},
+            "baselines": {b: cir[b]["average"] for b in ("image_only", "text_only", "late_fusion")},
+            "variants": cir.get("variants", {}),
+            "itm_rerank": cir.get("composed_itm", {}).get("average"),
+        }
+    desc = c["styles"]["description"]
+    keys = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+    report["captioning"] = {**_pick(desc["model"], *keys), "style": "description", "items": desc["items"],
+                            "baseline_nn": _pick(desc.get("nearest_neighbour", {}), *keys),
+                            "title": _pick(c["styles"].get("title", {}).get("model", {}), *keys)}  # fmt: skip
+    text = g["text"]
+    gen = {**_pick(text, "fid_effnet", "colour_accuracy", "category_accuracy", "itc_score", "seconds_per_image"),
+           "kid_effnet": text.get("kid_effnet_x1000", 0.0) / 1000.0, "sampler": f"{text['sampler']}-{text['steps']}",
+           "n": text["n"], "real": g.get("real_images", {}),
+           "composed": _pick(g.get("composed", {}), "fid_effnet", "colour_accuracy", "category_accuracy", "itc_score"),
+           "samplers": {name: _pick(s, "fid_effnet", "seconds_per_image", "colour_accuracy")
+                        for name, s in g.get("samplers", {}).items()}}  # fmt: skip
+    for task in ("tryon", "design"):
+        if task in g:
+            gen[task] = {
+                setting: {
+                    **_pick(v, "ssim", "l1", "fid_effnet", "colour_accuracy"),
+                    "outside_mask_change": v.get("outside_mask_change_pasted"),
+                    "outside_mask_change_raw": v.get("outside_mask_change_raw"),
+                }
+                for setting, v in g[task].items()
+            }
+    report["generation"] = gen
+    report["samples"] = samples
+    report["curves"] = {p.stem.removeprefix("losses_"): str(p.relative_to(model.parent))
+                        for p in sorted((model / "logs").glob("losses_*.csv"))}  # fmt: skip
+    training_seconds = {k: v["seconds"] for k, v in summary.items() if isinstance(v, dict) and "seconds" in v}
+    report["timing"] = {"total_seconds": clock.total(), "stages": dict(clock.stages),
+                        "training_stages": training_seconds}  # fmt: skip
+    report["settings"] = {"products": spec.products, "image_size": spec.image_size, "split": "val",
+                          "generation_limit": spec.generation_limit, "caption_items": spec.caption_items or "all"}  # fmt: skip
+    report["notes"] = _notes(report)
+    return report
+
+
+def _data_counts(data: Path) -> dict[str, Any]:
+    from unifashion.data.formats import dataset_stats
+
+    stats = dataset_stats(data)
+    splits = {name: s["totals"].get("products", 0) for name, s in stats["splits"].items()}
+    triplets = sum(s["totals"].get("triplets", 0) for s in stats["splits"].values())
+    return {"products": sum(splits.values()), "triplets": triplets, "splits": splits}
+
+
+def _notes(report: dict) -> list[str]:
+    notes = []
+    r100 = report["cmr"].get("random100")
+    if r100:
+        notes.append(f"Cross-modal random-100 R@1: image->text {r100['i2t'].get('R@1', 0):.1f}, "
+                     f"text->image {r100['t2i'].get('R@1', 0):.1f} (target at the full size: 85 both ways).")  # fmt: skip
+    cir = report.get("cir")
+    if cir:
+        best = max(v.get("avg", 0) for v in cir["baselines"].values())
+        notes.append(f"Composed retrieval: {cir['average']['avg']:.1f} vs {best:.1f} for the best baseline "
+                     "(target at the full size: +10).")  # fmt: skip
+    gen = report["generation"]
+    if "colour_accuracy" in gen:
+        notes.append(f"Text-to-image colour accuracy {gen['colour_accuracy']:.1f} % (target at the full size: 80 %); "
+                     "fid_effnet uses EfficientNet-Lite0 features and is not comparable with published FID.")  # fmt: skip
+    if report["size"] == "small":
+        notes.append("This is the small size: the figures show the pipeline works end to end; the quality targets "
+                     "are judged with --size full.")  # fmt: skip
+    return notes

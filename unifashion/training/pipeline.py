@@ -1,0 +1,474 @@
+"""``unifashion train --config CONFIG --out MODEL``: the paper's two phases end to end, resumable.
+
+Stages, in order (ARCHITECTURE.md, "Training phases"):
+
+1. ``phase1a``: Q-Former + queries on image-caption pairs (ITC + ITM); the vision encoder is frozen.
+2. ``phase1b_caption``: Q-Former frozen; caption adapter f_theta + the LLM's LoRA (ITG).
+3. ``phase1b_vae`` then ``phase1b_<task>`` per image head: Q-Former frozen; image adapter f_zeta +
+   U-Net (q2I). ``mini`` trains its VAE first; ``paper`` loads Stable Diffusion's.
+4. ``phase2``: LLM (with its LoRA), U-Net and VAE frozen; Q-Former + both adapters on triplets with
+   L_cir + ITG + q2I (Eq. 13).
+
+The model grows in ``<out>.work/model`` (a loadable checkpoint after every stage); the stage in
+progress checkpoints into ``<out>.work/checkpoint`` every ``checkpoint_every`` steps. ``--resume``
+skips the finished stages and continues the current one where its checkpoint left it (weights,
+optimiser, schedule, RNG and data position). At the end the model takes ``<out>``'s place in one
+rename, with the config, the seeds and the loss logs (``logs/losses_<stage>.csv``) inside.
+
+Under ``torchrun`` / ``accelerate launch`` every process runs this same function; each computes
+its shard of every global batch and the main process writes the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.config import (
+    CaptionTrainingConfig,
+    GenerationTrainingConfig,
+    RetrievalTrainingConfig,
+    from_dict,
+    get_preset,
+    to_dict,
+)
+from unifashion.training.loop import seed_everything
+from unifashion.utils.errors import ConfigError, UniFashionError
+from unifashion.utils.io import atomic_directory, atomic_write_json
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the data is and how the run behaves."""
+
+    data: str = ""
+    format: str | None = None
+    split: str = "train"
+    preset: str = "mini"
+    # One seed for every stage (each stage derives its own from it).
+    seed: int = 0
+    # Write a resumable checkpoint of the running stage every N steps (0: only at stage ends).
+    checkpoint_every: int = 100
+    progress: bool = True
+    # Start from this model folder instead of fresh weights (its heads are kept unless retrained).
+    init_from: str | None = None
+    # Run only these stages (e.g. ["phase2"] with init_from); empty: every stage.
+    stages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Phase2Config:
+    """Eq. 13's extra terms in phase 2, through the frozen heads of phase 1b."""
+
+    with_heads: bool = True
+    itg_weight: float = 1.0
+    q2i_weight: float = 1.0
+    # ITG and q2I see the first rows of each batch only: the LLM and the U-Net cost far more per
+    # row than the Q-Former.
+    itg_rows: int = 8
+    q2i_rows: int = 16
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    # Changes to the preset's model config, e.g. {"qformer": {"dropout": 0.0}}.
+    model: Any = field(default_factory=dict)
+    retrieval: RetrievalTrainingConfig = field(default_factory=RetrievalTrainingConfig)
+    captioning: CaptionTrainingConfig = field(default_factory=CaptionTrainingConfig)
+    # Train the caption head (phase 1b) at all.
+    with_captioning: bool = True
+    generation: GenerationTrainingConfig = field(default_factory=GenerationTrainingConfig)
+    phase2: Phase2Config = field(default_factory=Phase2Config)
+
+    def seeded(self) -> PipelineConfig:
+        """Every stage's seed follows ``run.seed``."""
+        s = self.run.seed
+        return dataclasses.replace(
+            self,
+            retrieval=dataclasses.replace(self.retrieval, seed=s),
+            captioning=dataclasses.replace(self.captioning, seed=s),
+            generation=dataclasses.replace(self.generation, seed=s),
+        )
+
+    def model_config(self):
+        """The preset with ``model``'s changes (names the field at fault)."""
+        from unifashion.config import ModelConfig
+
+        base = to_dict(get_preset(self.run.preset))
+        return ModelConfig.from_dict(_merged(base, self.model, "model"), where="model")
+
+    def check(self, where: str) -> None:
+        """Errors that name the field at fault, before any work starts."""
+        if not self.run.data:
+            raise ConfigError(f"{where}: run.data: the dataset folder is required")
+        self.model_config()  # names the preset or model field at fault
+        known = {
+            "phase1a",
+            "phase1b_caption",
+            "phase1b_vae",
+            "phase2",
+            *(f"phase1b_{t}" for t in self.generation.tasks),
+        }
+        unknown = sorted(set(self.run.stages) - known)
+        if unknown:
+            raise ConfigError(
+                f"{where}: run.stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        if self.run.stages and "phase1a" not in self.run.stages and not self.run.init_from:
+            raise ConfigError(f"{where}: run.stages without phase1a needs run.init_from (a model to start from)")
+
+    def digest(self) -> str:
+        """What a resumed run must share with the run it continues (everything but progress bars)."""
+        body = to_dict(dataclasses.replace(self, run=dataclasses.replace(self.run, progress=True)))
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _merged(base: dict[str, Any], changes: Any, where: str) -> dict[str, Any]:
+    if not isinstance(changes, dict):
+        raise ConfigError(f"{where}: expected a table of changes, got {changes!r}")
+    out = dict(base)
+    for key, value in changes.items():
+        if key not in base:
+            raise ConfigError(f"{where}.{key}: unknown; known: {', '.join(sorted(base))}")
+        out[key] = _merged(base[key], value, f"{where}.{key}") if isinstance(base[key], dict) else value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
+    """``SECTION.KEY=VALUE`` strings (VALUE in TOML syntax; a bare word is a string) into ``raw``."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        node = raw
+        *parents, last = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: --set {item!r}: {part} is not a section")
+        node[last] = parsed
+    return raw
+
+
+def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
+    """A TOML or YAML file with the sections of :class:`PipelineConfig` (every one optional),
+    with ``overrides`` (see :func:`apply_overrides`) applied."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    else:
+        raise ConfigError(f"{path}: expected a .toml, .yaml or .yml file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected sections of keys at the top level")
+    cfg = from_dict(PipelineConfig, apply_overrides(raw, list(overrides or []), str(path)), where=str(path))
+    cfg.check(str(path))
+    return cfg
+
+
+class Pipeline:
+    """One run of :func:`train_pipeline`: its folders, its progress and its stage runner."""
+
+    def __init__(self, cfg: PipelineConfig, out: Path, resume: bool, accelerator, on_stage_end=None):
+        from unifashion.training.loop import LossLog
+        from unifashion.training.runner import StageRunner
+
+        self.cfg, self.out = cfg, out
+        self.work = out.parent / f"{out.name}.work"
+        self.model_dir = self.work / "model"
+        self.acc = accelerator
+        self.progress_file = self.work / "progress.json"
+        self.done: list[str] = []
+        self.summary: dict[str, Any] = {}
+        if resume and self.progress_file.is_file():
+            state = json.loads(self.progress_file.read_text(encoding="utf-8"))
+            if state["digest"] != cfg.digest():
+                raise ConfigError(
+                    f"{self.work}: was started with another config; resume it with the same one, or start afresh"
+                )
+            self.done, self.summary = state["done"], state["summary"]
+        elif self.acc.is_main_process:
+            shutil.rmtree(self.work, ignore_errors=True)
+            if cfg.run.init_from:
+                source = Path(cfg.run.init_from)
+                if not (source / "config.json").is_file():
+                    raise ConfigError(f"run.init_from: {source} is not a model folder (no config.json)")
+                shutil.copytree(source, self.model_dir, ignore=shutil.ignore_patterns("logs"))
+        self.acc.wait_for_everyone()
+        self.log = LossLog(self.work / "logs")
+        self.runner = StageRunner(self.work, self.log, accelerator=accelerator,
+                                  checkpoint_every=cfg.run.checkpoint_every, progress=cfg.run.progress)  # fmt: skip
+        self.resume = resume
+        self.on_stage_end = on_stage_end
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    def finished(self, stage: str, summary: dict[str, Any]) -> None:
+        """Record ``stage`` as done (after its weights are in ``model_dir``)."""
+        self.done.append(stage)
+        self.summary[stage] = summary
+        if self.main:
+            atomic_write_json(self.progress_file, {"digest": self.cfg.digest(), "done": self.done,
+                                                   "summary": self.summary})  # fmt: skip
+            shutil.rmtree(self.work / "checkpoint", ignore_errors=True)
+            if self.on_stage_end is not None:
+                self.on_stage_end(stage, self.model_dir)
+        self.acc.wait_for_everyone()
+
+    def run_stage(self, name: str, fn) -> None:
+        """``fn(resume)`` trains stage ``name`` unless it is done; returns its summary."""
+        if name in self.done or (self.cfg.run.stages and name not in self.cfg.run.stages):
+            return
+        t0 = time.perf_counter()
+        result = fn(self.resume and self.runner.resumable(name) > 0)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        self.finished(name, result)
+
+
+def trainable_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def train_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, resume: bool = False, accelerator=None,
+                   on_stage_end=None) -> dict[str, Any]:  # fmt: skip
+    """Train every stage of ``cfg`` and write the model to ``out`` (see the module docstring).
+    ``on_stage_end(stage, folder)`` is called (main process) when a stage's weights are in the
+    loadable checkpoint ``folder``, e.g. to evaluate or copy it."""
+    from unifashion.data.formats import read_split
+    from unifashion.models.retrieval import RetrievalModel
+    from unifashion.training.data import FeatureTable, pair_items
+    from unifashion.training.runner import make_accelerator
+
+    cfg.check("config")
+    cfg = cfg.seeded()
+    check_output(Path(out))
+    started = time.perf_counter()
+    acc = accelerator or make_accelerator()
+    p = Pipeline(cfg, Path(out), resume, acc, on_stage_end)
+    data = read_split(cfg.run.data, cfg.run.split, cfg.run.format)
+    progress = cfg.run.progress and p.main
+
+    if "phase1a" in p.done or (p.model_dir / "config.json").is_file():
+        model = RetrievalModel.from_pretrained(p.model_dir)
+    else:
+        seed_everything(cfg.run.seed)  # the Q-Former's fresh weights (tiny) and anything random in building
+        model = RetrievalModel.build(cfg.model_config())
+    cache = FeatureCache(model.vision)
+    table = FeatureTable.build([r for q in data.products for r in q.images], cache, progress=progress)
+
+    def phase1a(resume_stage: bool) -> dict[str, Any]:
+        from unifashion.training.phase1 import train_phase1a
+
+        if cfg.retrieval.phase1_epochs <= 0 or not any(q.captions for q in data.products):
+            raise ConfigError("retrieval.phase1_epochs: phase 1a needs epochs > 0 and captioned products")
+        last = train_phase1a(model, pair_items(data, table), table, cfg.retrieval, p.log, progress=progress,
+                             runner=p.runner, resume=resume_stage)  # fmt: skip
+        if p.main:
+            model.save_pretrained(p.model_dir, extra={"training": {"pipeline": to_dict(cfg)}})
+        acc.wait_for_everyone()
+        return {"last": last, "trainable_parameters": trainable_count(model.qformer)}
+
+    p.run_stage("phase1a", phase1a)
+    if cfg.with_captioning:
+        p.run_stage("phase1b_caption", lambda r: _caption_stage(p, model, data, cache, r))
+    tasks = tuple(cfg.generation.tasks)
+    if tasks:
+        p.run_stage("phase1b_vae", lambda r: _vae_stage(p, model, data, r))
+        for task in tasks:
+            p.run_stage(f"phase1b_{task}", lambda r, task=task: _head_stage(p, model, data, cache, task, r))
+    if cfg.retrieval.phase2_epochs > 0 and any(t.target for t in data.triplets):
+        p.run_stage("phase2", lambda r: _phase2_stage(p, model, data, table, cache, r))
+    p.summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
+    if p.main:
+        _finish(p)
+    acc.wait_for_everyone()
+    return p.summary
+
+
+def _save_heads(p: Pipeline, *, captioner=None, vae=None, heads=None, training: dict | None = None) -> None:
+    """Add heads to the growing model (main process), then let every process go on."""
+    if p.main:
+        if captioner is not None:
+            from unifashion.training.captioning import save_with_captioner
+
+            save_with_captioner(p.model_dir, p.model_dir, captioner, training or {})
+        if vae is not None:
+            from unifashion.training.generation import save_with_image_heads
+
+            save_with_image_heads(p.model_dir, p.model_dir, vae, heads or {}, training or {})
+    p.acc.wait_for_everyone()
+
+
+def _caption_stage(p: Pipeline, model, data, cache, resume: bool) -> dict[str, Any]:
+    from unifashion.models.captioner import Captioner
+    from unifashion.training.captioning import caption_items, image_queries, train_phase1b_captioner
+
+    cfg = p.cfg.captioning
+    model.eval().qformer.requires_grad_(False)
+    table = image_queries(model, [r for q in data.products for r in q.images], cache, bf16=cfg.bf16,
+                          progress=p.cfg.run.progress and p.main)  # fmt: skip
+    seed_everything(cfg.seed + 10)
+    captioner = Captioner.build(model.config.llm, model.config.qformer.hidden_size)
+    last = train_phase1b_captioner(captioner, caption_items(data, table, cfg.styles), table, cfg, p.log,
+                                   runner=p.runner, resume=resume)  # fmt: skip
+    _save_heads(p, captioner=captioner, training={"captioning": to_dict(cfg)})
+    return {"last": last, "trainable_parameters": trainable_count(captioner)}
+
+
+def _vae_stage(p: Pipeline, model, data, resume: bool) -> dict[str, Any]:
+    from unifashion.generation import load_pixels
+    from unifashion.models.generator import build_vae
+    from unifashion.training.generation import (
+        latent_scale,
+        person_hw,
+        product_hw,
+        train_vae,
+        vae_colour_fidelity,
+    )
+
+    dcfg, cfg = model.config.diffusion, p.cfg.generation
+    if dcfg.source:  # paper: Stable Diffusion's VAE, nothing to train
+        from unifashion.backbones.diffusion import load_vae
+
+        vae = load_vae(dcfg.source).eval()
+        _save_heads(p, vae=vae, heads={}, training={"generation": to_dict(cfg)})
+        return {"pretrained": dcfg.source}
+    products = list({str(r): r for q in data.products for r in q.images}.values())
+    persons = list({str(s.person): s.person for s in data.tryon}.values())
+    pools = [load_pixels(products, product_hw(dcfg.image_size)), load_pixels(persons, person_hw(dcfg.image_size))]
+    seed_everything(cfg.seed + 20)
+    vae = build_vae(dcfg)
+    last = train_vae(vae, pools, cfg, p.log, runner=p.runner, resume=resume)
+    probe = pools[0][:: max(1, len(pools[0]) // 1000)]
+    scale = latent_scale(vae, probe)
+    vae.register_to_config(scaling_factor=scale)
+    _save_heads(p, vae=vae, heads={}, training={"generation": to_dict(cfg)})
+    return {"last": last, "latent_scale": scale, "train_fidelity": vae_colour_fidelity(vae, probe[:500])}
+
+
+def _load_vae(folder: Path):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(os.fspath(folder / "vae"), use_safetensors=True).eval()
+
+
+def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dict[str, Any]:
+    from unifashion.generation import HEAD_FOLDERS
+    from unifashion.models.generator import Generator
+    from unifashion.training.generation import inpaint_data, person_hw, product_hw, text2image_data, train_head
+
+    dcfg, cfg = model.config.diffusion, p.cfg.generation
+    vae = _load_vae(p.model_dir)
+    hw = product_hw(dcfg.image_size) if task == "text2image" else person_hw(dcfg.image_size)
+    seed_everything(cfg.seed + 30 + sorted(HEAD_FOLDERS).index(task))
+    head = Generator.build(dcfg, task, model.config.qformer.hidden_size, hw, vae=vae,
+                           latent_scale=float(vae.config.scaling_factor))  # fmt: skip
+    model.eval().qformer.requires_grad_(False)
+    progress = p.cfg.run.progress and p.main
+    if task == "text2image":
+        prepared, steps = text2image_data(model, head, data, cache, progress), cfg.steps
+    else:
+        prepared = inpaint_data(model, head, data, cache, progress)
+        steps = cfg.tryon_steps if task == "tryon" else cfg.design_steps
+    last = train_head(model, head, prepared, steps, cfg, p.log, runner=p.runner, resume=resume)
+    _save_heads(p, vae=vae, heads={task: head}, training={"generation": to_dict(cfg)})
+    return {"steps": steps, "last": last, "trainable_parameters": trainable_count(head.image_adapter)
+            + trainable_count(head.unet) + head.null_condition.numel()}  # fmt: skip
+
+
+def _phase2_stage(p: Pipeline, model, data, table, cache, resume: bool) -> dict[str, Any]:
+    from unifashion.training.data import triplet_items
+    from unifashion.training.phase2 import train_phase2
+
+    cfg, heads = p.cfg.phase2, {}
+    captioner = image_head = None
+    if cfg.with_heads and (p.model_dir / "captioner").is_dir():
+        from unifashion.models.captioner import Captioner
+
+        captioner = Captioner.from_pretrained(p.model_dir / "captioner")
+        heads.update(captioner=captioner, itg_rows=cfg.itg_rows, itg_weight=cfg.itg_weight)
+    if cfg.with_heads and (p.model_dir / "generator").is_dir():
+        from unifashion.generation import load_image_head
+        from unifashion.training.generation import text2image_data
+
+        image_head = load_image_head(p.model_dir, "text2image")
+        prepared = text2image_data(model, image_head, data, cache, p.cfg.run.progress and p.main)
+        heads.update(image_head=image_head, latents=prepared.latents, latent_rows=prepared.rows,
+                     q2i_rows=cfg.q2i_rows, q2i_weight=cfg.q2i_weight)  # fmt: skip
+    items = triplet_items(data, table)
+    model.qformer.requires_grad_(True)
+    last = train_phase2(model, items, table, p.cfg.retrieval, p.log, runner=p.runner, resume=resume, **heads)
+    if p.main:
+        _save_phase2(p, model, captioner, image_head)
+    p.acc.wait_for_everyone()
+    return {"last": last, "terms": sorted(last)}
+
+
+def _save_phase2(p: Pipeline, model, captioner, image_head) -> None:
+    """The tuned Q-Former and adapters into the growing model (the frozen parts stay as they were)."""
+    from safetensors.torch import save_file
+
+    from unifashion.training.loop import extended_checkpoint
+
+    replaced = {"qformer.safetensors"}
+    with extended_checkpoint(p.model_dir, p.model_dir, replaced=replaced) as (tmp, meta):
+        state = {k: v.detach().cpu().contiguous() for k, v in model.qformer.state_dict().items()}
+        save_file(state, os.fspath(tmp / "qformer.safetensors"))
+        if captioner is not None:
+            shutil.rmtree(tmp / "captioner")
+            captioner.save_pretrained(tmp / "captioner")
+        if image_head is not None:
+            shutil.rmtree(tmp / "generator")
+            image_head.save_pretrained(tmp / "generator", with_vae=False)
+        meta.setdefault("training", {})["phase2"] = to_dict(p.cfg.phase2)
+
+
+def _finish(p: Pipeline) -> None:
+    """The grown model, with the config, the summary and the logs, takes ``out``'s place."""
+    from unifashion.training.loop import extended_checkpoint
+
+    with extended_checkpoint(p.model_dir, p.model_dir, replaced=set(), logs=p.work / "logs") as (tmp, meta):
+        meta.setdefault("training", {})["pipeline"] = {"config": to_dict(p.cfg), "summary": p.summary,
+                                                       "stages": p.done}  # fmt: skip
+        atomic_write_json(tmp / "training_config.json", to_dict(p.cfg))
+    with atomic_directory(p.out) as tmp:
+        os.rmdir(tmp)
+        os.rename(p.model_dir, tmp)
+    shutil.rmtree(p.work, ignore_errors=True)
+
+
+def check_output(out: Path) -> None:
+    """``out`` may be replaced only when it is absent or a model folder."""
+    if out.exists() and not (out / "config.json").is_file():
+        raise UniFashionError(f"{out}: exists and is not a checkpoint folder; refusing to replace it")
