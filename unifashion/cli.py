@@ -43,6 +43,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     minutes = report["timing"]["total_seconds"] / 60
     print(f"Done in {minutes:.1f} min. Report: {out / 'report.html'} (figures: {out / 'report.json'}); "
           f"model: {out / 'model'}")  # fmt: skip
+    print(f"Search it in a browser: unifashion serve --model {out / 'model'} --catalog {out / 'catalog'}, "
+          "then open http://127.0.0.1:8000/")  # fmt: skip
     for note in report.get("notes", []):
         print(f"  - {note}")
     return 0
@@ -102,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     from unifashion.training.cli import add_caption_command
 
     add_caption_command(sub)
+
+    from unifashion.catalog.cli import add_catalog_commands
+
+    add_catalog_commands(sub)
     return parser
 
 

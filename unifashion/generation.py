@@ -10,7 +10,7 @@ A checkpoint with an image head holds, beside the retrieval weights::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,9 +246,10 @@ def generate_images(
     guidance_scale: float | None = None,
     seed: int = 0,
     bf16: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[Image.Image]:
     """Guided generation: from texts (text only), reference images (image only), or both
-    (composed: "this garment, but ..."; one text per image)."""
+    (composed: "this garment, but ..."; one text per image). ``on_step(done, total)``: progress."""
     if generator.task != "text2image":
         raise UniFashionError(f"generate: expected a text2image head, got a {generator.task} head")
     if not texts and not images:
@@ -260,7 +261,8 @@ def generate_images(
         states, mask = composed_condition(model, feats, texts, bf16) if texts else image_condition(model, feats, bf16)
     else:
         states, mask = text_condition(model, list(texts), bf16)
-    latents = generator.sample(states, mask, sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    latents = generator.sample(states, mask, sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                               on_step=on_step)  # fmt: skip
     return to_images(generator, latents)
 
 
@@ -277,6 +279,7 @@ def inpaint_images(
     guidance_scale: float | None = None,
     seed: int = 0,
     bf16: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[Image.Image]:
     """Try-on (condition: the cloth images' queries) or design (condition: the texts) on prepared
     person inputs; with ``paste`` the person outside the mask is kept pixel for pixel."""
@@ -291,7 +294,7 @@ def inpaint_images(
     else:
         raise UniFashionError("inpaint_images: expected a tryon or design head")
     latents = generator.sample(states, mask, inputs.extra, sampler=sampler, steps=steps,
-                               guidance_scale=guidance_scale, seed=seed)  # fmt: skip
+                               guidance_scale=guidance_scale, seed=seed, on_step=on_step)  # fmt: skip
     raw = to_pixels(generator.decode_latents(latents))
     if paste:
         raw = paste_back(raw, inputs.person_pixels, inputs.masks)

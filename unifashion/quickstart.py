@@ -155,6 +155,11 @@ def run_quickstart(out: str | Path, size: str = "small", *, seed: int = 0, resum
     evaluate("captioning", "eval captioning", lambda: _eval_captioning(model, data, spec, progress))
     evaluate("generation", "eval generation", lambda: _eval_generation(model, data, spec, out, progress))
     samples = clock.run("samples", lambda: draw_samples(model, data, out / "samples", seed))
+    # A searchable catalog of every product, for `unifashion serve` (the shop's own descriptions
+    # go into its caption index: captioning every product would add minutes).
+    from unifashion.catalog.build import build_catalog
+
+    clock.run("catalog", lambda: build_catalog(model, data, out / "catalog", captions="data", progress=progress))
     report = build_report(results, samples, summary, spec, size, model, data, clock)
     atomic_write_json(out / "report.json", report)
     from unifashion.evaluation.report import render_report

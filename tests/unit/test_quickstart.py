@@ -88,6 +88,13 @@ def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):
     model = UniFashion.from_pretrained(quickstart / "model")
     assert {"retrieval", "captioning", "text2image", "tryon", "design"} <= set(model.heads)
     assert json.loads((quickstart / "data" / "quickstart.json").read_text())["products"] == 700
+    # ... and leaves a catalog of every product, built with that model, ready to serve.
+    from unifashion.catalog.build import check_model
+    from unifashion.catalog.store import Catalog
+
+    catalog = Catalog.open(quickstart / "catalog")
+    check_model(catalog, quickstart / "model")
+    assert len(catalog) == 700 and catalog.manifest["caption_source"] == "data"
 
 
 def test_ablation_rows(quickstart, tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -377,10 +378,12 @@ class Generator(nn.Module):
         seed: int = 0,
         generator: torch.Generator | None = None,
         scheduler=None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Latents (B, 4, h, w) from Q-Former outputs (B, N, d) by ``sampler`` in ``steps`` steps with
         classifier-free guidance; the same seed and inputs give the same latents. ``scheduler``:
-        any diffusers scheduler instead of ``sampler`` (to try another one)."""
+        any diffusers scheduler instead of ``sampler`` (to try another one). ``on_step(done, total)``
+        is called after each denoising step (progress bars, job status)."""
         cfg = self.config
         scheduler = scheduler if scheduler is not None else make_sampler(sampler or cfg.sampler, cfg)
         scheduler.set_timesteps(int(steps or cfg.sampling_steps))
@@ -394,11 +397,14 @@ class Generator(nn.Module):
         h, w = self.latent_hw
         latents = torch.randn((b, cfg.latent_channels, h, w), generator=generator).to(self.device)
         latents = latents * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
+        total = len(scheduler.timesteps)
+        for i, t in enumerate(scheduler.timesteps):
             x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             eps_uncond, eps_cond = self.predict_noise(x, t, both, both_mask, extra2).float().chunk(2)
             eps = eps_uncond + scale * (eps_cond - eps_uncond)  # classifier-free guidance
             latents = scheduler.step(eps, t, latents).prev_sample
+            if on_step is not None:
+                on_step(i + 1, total)
         return latents
 
     # -- persistence ---------------------------------------------------------

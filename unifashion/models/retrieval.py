@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,9 @@ from unifashion.utils.io import atomic_directory
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MODEL_TYPE = "unifashion"
+
+
+_TOKENIZER_LOCK = threading.Lock()
 
 
 class TextInputError(UniFashionError, ValueError):
@@ -80,13 +84,14 @@ class RetrievalModel(nn.Module):
                 raise TextInputError(f"text[{i}]: expected a string, got {type(t).__name__}")
             if not t.strip():
                 raise TextInputError(f"text[{i}]: empty text (nothing to embed)")
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.config.qformer.max_text_length,
-            return_tensors="pt",
-        )
+        with _TOKENIZER_LOCK:  # a fast tokenizer's padding/truncation state is not safe across threads
+            batch = self.tokenizer(
+                list(texts),
+                padding=True,
+                truncation=True,
+                max_length=self.config.qformer.max_text_length,
+                return_tensors="pt",
+            )
         device = self.qformer.query_tokens.device
         return TextBatch(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 

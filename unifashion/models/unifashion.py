@@ -27,7 +27,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +329,12 @@ class UniFashion:
         seed: int = 0,
         n: int = 1,
         bf16: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image]:
         """``n`` garment images (seeds ``seed``, ``seed + 1``, ...) from a text, a reference image, or
         both (composed: "this garment, but ..."). ``sampler`` (plms, ddim, dpm++), ``steps`` and
-        ``guidance`` default to the head's own (dpm++ and 20 steps in the mini and paper presets)."""
+        ``guidance`` default to the head's own (dpm++ and 20 steps in the mini and paper presets).
+        ``on_step(done, total)`` reports each denoising step (of each of the ``n`` images in turn)."""
         if text is None and image is None:
             raise UniFashionError("generate: give a text, a reference image, or both")
         if text is not None and not isinstance(text, str):
@@ -341,7 +343,7 @@ class UniFashion:
         with image_files([image], ["image"]) as (ref,):
             return _repeat(n, seed, lambda s: generate_images(
                 self.retrieval, head, texts=None if text is None else [text], images=None if ref is None else [ref],
-                sampler=sampler, steps=steps, guidance_scale=guidance, seed=s, bf16=bf16,
+                sampler=sampler, steps=steps, guidance_scale=guidance, seed=s, bf16=bf16, on_step=on_step,
             ))  # fmt: skip
 
     def _inpaint(
@@ -363,6 +365,7 @@ class UniFashion:
         seed: int,
         n: int,
         bf16: bool,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image]:
         """The path of ``unifashion tryon`` / ``design``: person inputs, then the inpainting head."""
         head = self.image_head(task)
@@ -379,7 +382,7 @@ class UniFashion:
             return _repeat(n, seed, lambda s: inpaint_images(
                 self.retrieval, head, inputs, cloths=[cloth_ref] if cloth_ref else None,
                 texts=[text] if text is not None else None, paste=paste, sampler=sampler, steps=steps,
-                guidance_scale=guidance, seed=s, bf16=bf16,
+                guidance_scale=guidance, seed=s, bf16=bf16, on_step=on_step,
             ))  # fmt: skip
 
     def try_on(
@@ -398,6 +401,7 @@ class UniFashion:
         seed: int = 0,
         n: int = 1,
         bf16: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image]:
         """Dress ``person`` in ``cloth`` (``unifashion tryon``). ``mask``: the region to paint (white);
         ``pose``: a keypoints JSON (OpenPose, or Dress Code with ``pose_format="dresscode"``) or an
@@ -405,7 +409,7 @@ class UniFashion:
         With ``paste`` the person outside the mask is kept pixel for pixel."""
         return self._inpaint("tryon", person=person, mask=mask, pose=pose, pose_format=pose_format,
                              agnostic=agnostic, cloth=cloth, paste=paste, sampler=sampler, steps=steps,
-                             guidance=guidance, seed=seed, n=n, bf16=bf16)  # fmt: skip
+                             guidance=guidance, seed=seed, n=n, bf16=bf16, on_step=on_step)  # fmt: skip
 
     def design(
         self,

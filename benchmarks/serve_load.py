@@ -1,0 +1,141 @@
+"""Concurrent load on ``unifashion serve`` over loopback.
+
+    python benchmarks/serve_load.py --model MODEL --catalog CATALOG [--clients 16] [--seconds 30]
+
+Starts the server in its own process, then ``--clients`` threads each send composed searches
+(a catalog product's image + a modification text) back to back for ``--seconds``. A second
+round repeats it while one more client keeps a generation job running the whole time, to see
+what generation costs search. Prints JSON per round: requests, throughput, p50 / p99 latency,
+and errors (any non-200 answer or failed connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+
+CHANGES = ("is red", "has long sleeves", "is shorter and blue", "is black with a floral print", "has no sleeves")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, catalog: str, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "unifashion", "serve", "--model", model, "--catalog", catalog,
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    end = time.time() + 300
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server did not start in 300 s")
+
+
+def load_round(url: str, images: list[bytes], clients: int, seconds: float, with_generation: bool) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = time.time() + seconds
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            n = 0
+            while time.time() < stop:
+                image = images[(i * 7 + n) % len(images)]
+                t = time.perf_counter()
+                try:
+                    r = http.post("/api/search/composed", files={"image": ("ref.png", image, "image/png")},
+                                  data={"text": CHANGES[(i + n) % len(CHANGES)], "k": "12"})  # fmt: skip
+                    ok = r.status_code == 200 and len(r.json()["results"]) == 12
+                    err = None if ok else f"{r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as exc:
+                    err = repr(exc)
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                    if err:
+                        errors.append(err)
+                n += 1
+
+    generated = {"jobs": 0, "seconds": []}
+
+    def generation() -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while time.time() < stop:
+                r = http.post("/api/generate", data={"text": "a green striped shirt", "seed": str(generated["jobs"])})
+                if r.status_code != 202:
+                    time.sleep(0.5)
+                    continue
+                job = r.json()
+                while True:
+                    state = http.get(f"/api/jobs/{job['id']}").json()
+                    if state["status"] in ("done", "failed"):
+                        break
+                    time.sleep(0.2)
+                generated["jobs"] += 1
+                generated["seconds"].append(state["seconds"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    if with_generation:
+        threads.append(threading.Thread(target=generation))
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    out = {"clients": clients, "seconds": round(wall, 1), "requests": len(latencies),
+           "throughput_rps": round(len(latencies) / wall, 2), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+           "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": len(errors), "first_errors": errors[:3]}  # fmt: skip
+    if with_generation:
+        out["generation_jobs_done"] = generated["jobs"]
+        out["generation_job_seconds"] = generated["seconds"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--catalog", required=True)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--no-generation-round", action="store_true")
+    args = parser.parse_args()
+    from unifashion.catalog.store import Catalog
+
+    cat = Catalog.open(args.catalog)
+    images = [cat.image(pid)[0] for pid in cat.ids[:64]]
+    port = free_port()
+    proc = start_server(args.model, args.catalog, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        result = {"products": len(cat), "cpu_cores": os.cpu_count(),
+                  "search_only": load_round(url, images, args.clients, args.seconds, False)}  # fmt: skip
+        print(json.dumps(result["search_only"]), flush=True)
+        if not args.no_generation_round:
+            result["search_with_generation"] = load_round(url, images, args.clients, args.seconds, True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The catalog folder: search equals brute force, versions, add / remove, atomic writes under SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from unifashion.catalog.store import Catalog, CatalogError, ProductEntry, ProductVectors
+
+Q, E = 4, 16
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _products(n, seed=0, prefix="p"):
+    rng = np.random.default_rng(seed)
+    queries = _unit(rng.normal(size=(n, Q, E)))
+    means = _unit(queries.mean(axis=1))
+    captions = _unit(rng.normal(size=(n, E)))
+    captions[::5] = 0.0  # every fifth product has no caption
+    entries = [ProductEntry(f"{prefix}{i}", ("dress", "shirt", "skirt")[i % 3], f"img{i}".encode(), "image/png",
+                            title=f"title {i}", captions=(f"caption {i}",), attributes={"colour": "red"})
+               for i in range(n)]  # fmt: skip
+    return entries, ProductVectors(queries, means, captions)
+
+
+def _brute(vectors, q, w):
+    image = np.einsum("nqe,e->nq", vectors.queries, q).max(axis=1)  # Eq. 3
+    return image + w * (vectors.captions @ q)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_search_matches_brute_force_scores(tmp_path, kind):
+    entries, vectors = _products(120)
+    cat = Catalog.create(tmp_path / "c", entries, vectors, model={"fingerprint": "x"}, kind=kind, caption_weight=0.5)
+    rng = np.random.default_rng(3)
+    for q in _unit(rng.normal(size=(10, E))):
+        for w in (0.0, 0.5):
+            hits = cat.search(q, k=5, caption_weight=w)
+            want = np.argsort(-_brute(vectors, q, w), kind="stable")[:5]
+            if kind == "flat":  # exact: the same products in the same order
+                assert [h.id for h in hits] == [f"p{i}" for i in want]
+            for h in hits:  # every kind: the scores are exact
+                assert h.score == pytest.approx(float(_brute(vectors, q, w)[h.row]), abs=1e-5)
+    # Image queries use the mean vectors.
+    hits = cat.search(vectors.means[7], by="means", k=1)
+    assert hits[0].id == "p7" and hits[0].image_score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_filters_and_metadata(tmp_path):
+    entries, vectors = _products(30)
+    cat = Catalog.create(tmp_path / "c", entries, vectors, model={})
+    q = vectors.queries[4, 1]
+    hits = cat.search(q, k=6, category="shirt")
+    assert len(hits) == 6 and {cat.product(h.id)["category"] for h in hits} == {"shirt"}
+    assert "p4" not in [h.id for h in cat.search(q, k=5, exclude=["p4"])]
+    assert cat.search(q, k=100)[-1] and len(cat.search(q, k=100)) == 30
+    assert cat.product("p3") == {"id": "p3", "category": "dress", "title": "title 3", "captions": ["caption 3"],
+                                 "generated_caption": "", "attributes": {"colour": "red"}, "image_mime": "image/png"}  # fmt: skip
+    assert cat.image("p3") == (b"img3", "image/png")
+    assert cat.categories() == ["dress", "shirt", "skirt"]
+    with pytest.raises(CatalogError, match="16-dim"):
+        cat.search(np.zeros(8), k=1)
+
+
+def test_add_remove_and_replace_write_new_versions(tmp_path):
+    entries, vectors = _products(20)
+    v1 = Catalog.create(tmp_path / "c", entries[:15], vectors.take(np.arange(15)), model={})
+    v2 = v1.add(entries[15:], vectors.take(np.arange(15, 20)))
+    assert (len(v1), len(v2)) == (15, 20) and v2.version != v1.version
+    assert v2.search(vectors.queries[17, 0], k=1, caption_weight=0)[0].id == "p17"
+    with pytest.raises(CatalogError, match="'p3'"):
+        v2.add(entries[3:4], vectors.take(np.arange(3, 4)))
+    # Replacing p3 with p9's vectors moves it.
+    new, newvec = [ProductEntry("p3", "dress", b"new", "image/jpeg")], vectors.take(np.arange(9, 10))
+    v3 = v2.add(new, newvec, replace=True)
+    assert len(v3) == 20 and v3.image("p3") == (b"new", "image/jpeg")
+    top = [h.id for h in v3.search(vectors.queries[9, 0], k=2, caption_weight=0)]
+    assert set(top) == {"p3", "p9"}
+    v4 = v3.remove(["p9", "p0"])
+    assert len(v4) == 18 and "p9" not in v4 and v4.search(vectors.queries[9, 0], k=1, caption_weight=0)[0].id == "p3"
+    with pytest.raises(CatalogError, match="'nope'"):
+        v4.remove(["nope"])
+    # The live version is the last; two versions are kept on disk; the loaded v3 still answers.
+    assert Catalog.open(tmp_path / "c").version == v4.version
+    assert sorted(p.name for p in (tmp_path / "c").glob("v*")) == [v3.version, v4.version]
+    assert v3.search(vectors.queries[9, 0], k=1)[0].id in ("p3", "p9")
+
+
+def test_bad_catalogs_and_entries_are_named(tmp_path):
+    with pytest.raises(CatalogError, match="no CURRENT"):
+        Catalog.open(tmp_path)
+    entries, vectors = _products(3)
+    with pytest.raises(CatalogError, match="appears twice"):
+        Catalog.create(tmp_path / "c", [entries[0], entries[0], entries[1]], vectors, model={})
+    with pytest.raises(CatalogError, match="3 rows"):
+        Catalog.create(tmp_path / "c", entries[:2], vectors, model={})
+    cat = Catalog.create(tmp_path / "c", entries, vectors, model={})
+    (cat.path / "catalog.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CatalogError, match=r"catalog\.json"):
+        Catalog.open(tmp_path / "c")
+
+
+# A writer that stalls after writing the vectors of its new version, so the test can kill it there.
+_SLOW_WRITER = textwrap.dedent(
+    """
+    import importlib.util, time
+    from unifashion.catalog import store
+
+    spec = importlib.util.spec_from_file_location("test_store", {here!r})
+    here = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(here)
+
+    real = store._save_vectors
+    def stalled(path, rows, vectors):
+        real(path, rows, vectors)
+        print("writing", flush=True)
+        time.sleep(60)
+    store._save_vectors = stalled
+    entries, vectors = here._products(40, seed=1, prefix="new")
+    store.Catalog.open({folder!r}).add(entries, vectors)
+    """
+)
+
+
+def test_a_writer_killed_half_way_leaves_the_previous_catalog_live(tmp_path):
+    entries, vectors = _products(25)
+    folder = tmp_path / "c"
+    before = Catalog.create(folder, entries, vectors, model={})
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER.format(here=__file__, folder=str(folder))],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert list(folder.glob(".building-*/vectors.safetensors"))  # half a version on disk
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    after = Catalog.open(folder)
+    assert after.version == before.version and len(after) == 25 and "new0" not in after
+    assert after.search(vectors.queries[5, 0], k=1, caption_weight=0)[0].id == "p5"
+    # The next writer clears the leftovers (and the lock died with the killed process).
+    time.sleep(0.1)
+    grown = after.add(*_products(2, seed=2, prefix="x"))
+    assert len(grown) == 27 and not list(folder.glob(".building-*"))

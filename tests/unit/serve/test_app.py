@@ -1,0 +1,364 @@
+"""The REST API on a small catalog: every endpoint with its results checked, and every refusal."""
+
+import io
+import json
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from unifashion.catalog.build import read_products
+from unifashion.catalog.store import Catalog
+from unifashion.models.unifashion import UniFashion
+from unifashion.serve.app import create_app, load_service
+from unifashion.serve.inputs import Limits
+
+pytestmark = pytest.mark.slow  # the shop fixture trains a tiny model with its heads (~1-2 min, once)
+
+
+@pytest.fixture(scope="module")
+def served(shop):
+    model, catalog = load_service(shop.model, shop.catalog)
+    app = create_app(model, catalog, Limits(max_upload_bytes=2 * 1024 * 1024, max_image_pixels=4_000_000,
+                                            max_text_chars=300, max_queued_jobs=2))  # fmt: skip
+    with TestClient(app) as client:
+        yield client, model, catalog
+
+
+@pytest.fixture(scope="module")
+def products(shop):
+    return {p.id: p for p in read_products(shop.data)}
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _image_file(products, pid):
+    return open(products[pid].images[0].path, "rb").read()
+
+
+def _ok_after(client):
+    """The server still answers a plain request."""
+    r = client.get("/api/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def _error(r, status, field):
+    assert r.status_code == status, r.text
+    body = r.json()["error"]
+    assert body["status"] == status and body["field"] == field and body["message"]
+    return body["message"]
+
+
+def test_health_categories_schema_and_page(served):
+    client, _, catalog = served
+    health = client.get("/api/health").json()
+    assert health["products"] == len(catalog) == 48 and set(health["heads"]) >= {
+        "retrieval",
+        "captioning",
+        "text2image",
+    }
+    assert client.get("/api/categories").json()["categories"] == catalog.categories()
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/search/text", "/api/search/image", "/api/search/composed", "/api/caption", "/api/generate",
+                 "/api/tryon", "/api/jobs/{job_id}", "/api/products/{product_id}", "/api/products/{product_id}/image"):  # fmt: skip
+        assert path in paths
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="query"' in page.text and "/api/search/composed" in page.text
+
+
+def test_an_exact_caption_finds_its_product_first(served, products):
+    client, _, catalog = served
+    for pid in catalog.ids[:12]:
+        r = client.post("/api/search/text", json={"text": products[pid].captions[0], "k": 5})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert results[0]["id"] == pid and len(results) == 5
+        assert results[0]["image_url"] == f"/api/products/{pid}/image"
+        assert [x["score"] for x in results] == sorted((x["score"] for x in results), reverse=True)
+
+
+def test_search_ranks_exactly_as_the_model(served):
+    """With caption_weight 0 the text ranking is the model's own (Eq. 3 over every product)."""
+    client, model, catalog = served
+    text = "a red dress with long sleeves"
+    ids = catalog.ids
+    images = torch.from_numpy(catalog.vectors.queries)
+    scores = model.similarity(model.encode_texts([text]).float(), images)[0].numpy()
+    got = client.post("/api/search/text", json={"text": text, "k": 10, "caption_weight": 0}).json()["results"]
+    # The ten best scores, each the model's score of the product returned (ids may swap only within ties).
+    np.testing.assert_allclose([x["score"] for x in got], np.sort(scores)[::-1][:10], atol=1e-5)
+    for x in got:
+        assert x["score"] == pytest.approx(float(scores[ids.index(x["id"])]), abs=1e-5)
+    assert got[0]["id"] == ids[int(np.argmax(scores))]
+
+
+def test_category_filter_and_k(served):
+    client, _, catalog = served
+    cat = catalog.categories()[0]
+    got = client.post("/api/search/text", json={"text": "a garment", "k": 3, "category": cat}).json()["results"]
+    assert len(got) == 3 and {x["category"] for x in got} == {cat}
+    _error(client.post("/api/search/text", json={"text": "a garment", "category": "hats"}), 422, "category")
+    _error(client.post("/api/search/text", json={"text": "a garment", "k": 0}), 422, "k")
+    _error(client.post("/api/search/text", json={"text": "a garment", "k": "many"}), 422, "k")
+
+
+def test_image_search_finds_the_same_product(served, products):
+    client, _, catalog = served
+    pid = catalog.ids[5]
+    r = client.post("/api/search/image", files={"image": ("p.png", _image_file(products, pid), "image/png")},
+                    data={"k": "4"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]
+    assert top["id"] == pid and top["image_score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_composed_search_equals_the_models_composed_ranking(served, products):
+    client, model, catalog = served
+    pid, text = catalog.ids[3], "is blue and has short sleeves"
+    r = client.post("/api/search/composed", files={"image": ("r.png", _image_file(products, pid), "image/png")},
+                    data={"text": text, "k": "6", "caption_weight": "0.25"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    vec = model.encode_composed([Image.open(products[pid].images[0].path).convert("RGB")], [text]).float()
+    img = model.similarity(vec, torch.from_numpy(catalog.vectors.queries))[0].numpy()
+    fused = img + 0.25 * (catalog.vectors.captions @ vec[0].numpy())
+    want = [catalog.ids[i] for i in np.argsort(-fused, kind="stable")[:6]]
+    assert [x["id"] for x in r.json()["results"]] == want
+    assert r.json()["query"]["text"] == text
+
+
+def test_caption_endpoint_matches_the_model(served, products):
+    client, model, catalog = served
+    data = _image_file(products, catalog.ids[0])
+    r = client.post("/api/caption", files={"image": ("x.png", data, "image/png")}, data={"style": "title"})
+    assert r.status_code == 200, r.text
+    assert r.json()["caption"] == model.caption([Image.open(io.BytesIO(data)).convert("RGB")], style="title")[0]
+    _error(client.post("/api/caption", files={"image": ("x.png", data, "image/png")}, data={"style": "poem"}),
+           422, "style")  # fmt: skip
+
+
+def _wait(client, job, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        state = client.get(f"/api/jobs/{job['id']}").json()
+        if state["status"] in ("done", "failed"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"job {job['id']} still {state['status']}")
+
+
+def test_generation_jobs_report_progress_and_are_seeded(served):
+    client, _, _ = served
+    jobs = []
+    for _ in range(2):
+        r = client.post("/api/generate", data={"text": "a red dress", "seed": "3", "steps": "4"})
+        assert r.status_code == 202, r.text
+        jobs.append(r.json())
+    states = [_wait(client, j) for j in jobs]
+    assert all(s["status"] == "done" and s["step"] == s["steps"] == 4 for s in states), states
+    pngs = [client.get(s["image_url"]).content for s in states]
+    assert pngs[0] == pngs[1]  # same seed, same image
+    assert Image.open(io.BytesIO(pngs[0])).size[0] > 0
+    other = _wait(client, client.post("/api/generate", data={"text": "a red dress", "seed": "4", "steps": "4"}).json())
+    assert client.get(other["image_url"]).content != pngs[0]
+    # Composed: a reference image and a change.
+    ref = _png(Image.new("RGB", (64, 64), (200, 30, 30)))
+    r = client.post(
+        "/api/generate", data={"text": "but blue", "steps": "2"}, files={"image": ("r.png", ref, "image/png")}
+    )
+    assert _wait(client, r.json())["status"] == "done"
+    _error(client.post("/api/generate", data={"text": " "}), 422, "text")
+    _error(client.post("/api/generate", data={"text": "a dress", "steps": "1000"}), 422, "steps")
+    _error(client.get("/api/jobs/nope"), 404, "job_id")
+
+
+def test_try_on_runs_as_a_job_and_gives_the_models_image(served, shop):
+    client, model, _ = served
+    sample = json.loads((shop.data / "tryon.jsonl").read_text().splitlines()[0])
+    paths = {
+        "person": sample["person"],
+        "cloth": sample["cloth"],
+        "mask": sample["agnostic_mask"],
+        "pose": sample["pose"],
+    }
+    files = {name: (name, (shop.data / rel).read_bytes()) for name, rel in paths.items()}
+    r = client.post("/api/tryon", files=files, data={"steps": "2", "seed": "1"})
+    assert r.status_code == 202, r.text
+    state = _wait(client, r.json())
+    assert state["status"] == "done" and state["steps"] == 2, state
+    got = np.asarray(Image.open(io.BytesIO(client.get(state["image_url"]).content)))
+    want = model.try_on(Image.open(shop.data / paths["person"]).convert("RGB"),
+                        Image.open(shop.data / paths["cloth"]).convert("RGB"),
+                        mask=Image.open(shop.data / paths["mask"]).convert("L"), pose=shop.data / paths["pose"],
+                        steps=2, seed=1)[0]  # fmt: skip
+    np.testing.assert_array_equal(got, np.asarray(want))
+    bad = dict(files, pose=("pose.json", b"{not json"))
+    _error(client.post("/api/tryon", files=bad), 422, "pose")
+    _error(client.post("/api/tryon", files={k: v for k, v in files.items() if k != "cloth"}), 422, "cloth")
+
+
+def test_the_generation_queue_is_capped_and_search_still_answers(served):
+    client, _, _ = served
+    svc = client.app.state.service
+    import threading
+
+    release = threading.Event()
+    held = [svc.jobs.submit("hold", lambda on_step: (release.wait(30), Image.new("RGB", (4, 4)))[1])
+            for _ in range(svc.jobs.capacity)]  # fmt: skip
+    try:
+        r = client.post("/api/generate", data={"text": "a red dress"})
+        assert r.status_code == 429 and r.headers["Retry-After"] and r.json()["error"]["status"] == 429
+        assert client.post("/api/search/text", json={"text": "a red dress"}).status_code == 200
+    finally:
+        release.set()
+    for job in held:
+        _wait(client, job.public())
+
+
+def test_products_and_their_images(served, products):
+    client, _, catalog = served
+    pid = catalog.ids[2]
+    meta = client.get(f"/api/products/{pid}").json()
+    assert meta["id"] == pid and meta["category"] == products[pid].category
+    r = client.get(meta["image_url"])
+    assert r.status_code == 200 and r.content == _image_file(products, pid) and r.headers["content-type"] == "image/png"
+    _error(client.get("/api/products/no-such-thing"), 404, "product_id")
+    _error(client.get("/api/products/no-such-thing/image"), 404, "product_id")
+
+
+# -- bad inputs: each gets its 4xx naming the field, and the server keeps serving -----------------
+
+
+def _bomb_png(width=30000, height=30000) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def _truncated_jpeg() -> bytes:
+    """A JPEG cut in the middle of its pixel data (the header reads fine)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "words"),
+    [
+        (b"this is a text file, not a picture", 415, "not an image"),
+        (_truncated_jpeg(), 422, "truncated"),
+        (_bomb_png(), 413, "pixels"),
+        (b"", 422, "empty file"),
+        (b"GIF89a" + b"\0" * 50, 415, "not"),
+    ],
+    ids=["not-an-image", "truncated-jpeg", "decompression-bomb", "empty", "bad-gif"],
+)
+def test_bad_images_are_refused(served, payload, status, words):
+    client, _, _ = served
+    for url, data in (("/api/search/image", {}), ("/api/search/composed", {"text": "in red"})):
+        r = client.post(url, files={"image": ("upload", payload, "application/octet-stream")}, data=data)
+        assert words in _error(r, status, "image")
+        _ok_after(client)
+
+
+def test_formats_sizes_and_modes(served):
+    client, _, _ = served
+    gif = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(gif, format="GIF")
+    _error(client.post("/api/search/image", files={"image": ("g.gif", gif.getvalue())}), 415, "image")
+    wide = _png(Image.new("RGB", (2100, 2100), (5, 5, 5)))  # 4.4 M pixels in a few KB: over the pixel limit
+    assert "pixels" in _error(client.post("/api/search/image", files={"image": ("w.png", wide)}), 413, "image")
+    # Odd modes are converted: RGBA, greyscale, palette, 16-bit.
+    for im in (Image.new("RGBA", (40, 30), (255, 0, 0, 128)), Image.new("L", (20, 50), 90),
+               Image.new("P", (33, 33)), Image.new("I;16", (16, 16))):  # fmt: skip
+        r = client.post("/api/search/image", files={"image": ("m.png", _png(im))})
+        assert r.status_code == 200, (im.mode, r.text)
+    _error(client.post("/api/search/image", data={"k": "3"}), 422, "image")
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [("", 422), ("   \n\t ", 422), ("x" * 100_000, 422), ("\u200b\u200d\u202e\ufeff", 422)],
+    ids=["empty", "blank", "100k-chars", "only-invisible"],
+)
+def test_bad_texts_are_refused(served, text, status):
+    client, _, _ = served
+    _error(client.post("/api/search/text", json={"text": text}), status, "text")
+    _ok_after(client)
+    png = _png(Image.new("RGB", (32, 32), (0, 200, 0)))
+    _error(client.post("/api/search/composed", files={"image": ("a.png", png)}, data={"text": text}), status, "text")
+    _ok_after(client)
+
+
+def test_lone_surrogates_and_invalid_utf8(served):
+    client, _, _ = served
+    r = client.post("/api/search/text", content=b'{"text": "\\ud800"}', headers={"content-type": "application/json"})
+    _error(r, 422, "text")
+    r = client.post(
+        "/api/search/text", content=b'{"text": "red \\ud800dress"}', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200 and r.json()["query"]["text"] == "red dress"
+    png = _png(Image.new("RGB", (32, 32), (0, 200, 0)))
+    r = client.post("/api/search/composed", files={"image": ("a.png", png)}, data={"text": b"in \xed\xa0\x80red"})
+    assert r.status_code in (200, 422), r.text  # undecodable form bytes: replaced or refused, never a 500
+    _ok_after(client)
+
+
+def test_odd_unicode_is_cleaned_and_searched(served):
+    client, _, _ = served
+    text = "Ａ red\u200b dress \u202ewith 👗 sleeves — très chic\x00"
+    r = client.post("/api/search/text", json={"text": text, "k": 2})
+    assert r.status_code == 200, r.text
+    cleaned = r.json()["query"]["text"]
+    assert "\u200b" not in cleaned and "\u202e" not in cleaned and "\x00" not in cleaned and "👗" in cleaned
+    assert client.post("/api/search/text", json={"text": "白いシャツ", "k": 2}).status_code == 200
+
+
+def test_missing_fields_and_malformed_bodies(served):
+    client, _, _ = served
+    _error(client.post("/api/search/text", json={}), 422, "text")
+    _error(client.post("/api/search/text", content=b"{not json", headers={"content-type": "application/json"}),
+           422, None)  # fmt: skip
+    png = _png(Image.new("RGB", (32, 32)))
+    _error(client.post("/api/search/composed", files={"image": ("a.png", png)}), 422, "text")
+
+
+def test_upload_size_limit(shop):
+    model, catalog = load_service(shop.model, shop.catalog)
+    with TestClient(create_app(model, catalog, Limits(max_upload_bytes=1000))) as client:
+        big = _png(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+        assert len(big) > 1000
+        assert "bytes" in _error(client.post("/api/search/image", files={"image": ("b.png", big)}), 413, "image")
+        huge = b"x" * 5000
+        r = client.post("/api/search/image", files={"image": ("h.bin", huge)})
+        assert r.status_code == 413
+        _ok_after(client)
+
+
+def test_a_catalog_of_another_model_is_refused(shop, tmp_path):
+    import shutil
+
+    from unifashion.catalog.store import CatalogError
+
+    other = tmp_path / "other"
+    shutil.copytree(shop.model, other)
+    model = UniFashion.from_pretrained(other)
+    model.retrieval.qformer.query_tokens.data += 0.01
+    model.save_pretrained(other)
+    with pytest.raises(CatalogError, match="another model"):
+        load_service(other, shop.catalog)
+    assert len(Catalog.open(shop.catalog)) == 48

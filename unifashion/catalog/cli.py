@@ -1,0 +1,117 @@
+"""``unifashion catalog build | add | remove | info`` and ``unifashion serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _splits(value: str | None) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+def cmd_catalog_build(args: argparse.Namespace) -> int:
+    from unifashion.catalog.build import build_catalog
+
+    catalog = build_catalog(args.model, args.data, args.out, splits=_splits(args.split), captions=args.captions,
+                            style=args.style, kind=args.index, approximate_above=args.approximate_above,
+                            caption_weight=args.caption_weight, batch_size=args.batch_size, limit=args.limit,
+                            progress=not args.quiet)  # fmt: skip
+    print(f"{catalog.folder}: {len(catalog)} products ({catalog.version}; indexes "
+          f"{json.dumps(catalog.manifest['kinds'])}; captions: {catalog.manifest['caption_source'] or 'none'})")  # fmt: skip
+    return 0
+
+
+def cmd_catalog_add(args: argparse.Namespace) -> int:
+    from unifashion.catalog.build import add_to_catalog
+
+    catalog = add_to_catalog(args.catalog, args.data, model_path=args.model, splits=_splits(args.split),
+                             replace=args.replace, batch_size=args.batch_size, progress=not args.quiet)  # fmt: skip
+    print(f"{catalog.folder}: {len(catalog)} products ({catalog.version})")
+    return 0
+
+
+def cmd_catalog_remove(args: argparse.Namespace) -> int:
+    from unifashion.catalog.store import Catalog
+
+    catalog = Catalog.open(args.catalog).remove(args.ids)
+    print(f"{catalog.folder}: {len(catalog)} products ({catalog.version})")
+    return 0
+
+
+def cmd_catalog_info(args: argparse.Namespace) -> int:
+    from unifashion.catalog.store import Catalog
+
+    catalog = Catalog.open(args.catalog)
+    info = {**catalog.manifest, "version": catalog.version, "products": len(catalog),
+            "categories": catalog.categories()}  # fmt: skip
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from unifashion.serve.app import Limits, serve
+
+    limits = Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_image_pixels=args.max_pixels,
+                    max_text_chars=args.max_text_chars, max_generation_jobs=args.generation_jobs,
+                    max_queued_jobs=args.queued_jobs)  # fmt: skip
+    serve(args.model, args.catalog, host=args.host, port=args.port, limits=limits, steps=args.steps)
+    return 0
+
+
+def add_catalog_commands(sub) -> None:
+    from unifashion.catalog.index import APPROXIMATE_ABOVE
+
+    cat = sub.add_parser("catalog", help="a searchable product catalog: FAISS vectors + SQLite metadata")
+    csub = cat.add_subparsers(dest="catalog_command", metavar="COMMAND", required=True)
+
+    p = csub.add_parser("build", help="embed every product of a dataset into a new catalog (atomic)")
+    p.add_argument("--model", required=True, help="trained model folder")
+    p.add_argument("--data", required=True, help="dataset folder (any supported format)")
+    p.add_argument("--out", required=True, help="catalog folder (an existing catalog is replaced atomically)")
+    p.add_argument("--split", default=None, help="comma-separated splits (default: all)")
+    p.add_argument("--captions", default="auto", choices=("auto", "generate", "data", "none"),
+                   help="text of the caption index: generate (the model's caption head), data (the dataset's "
+                   "descriptions), auto (generate when the model has a caption head, else data), none")  # fmt: skip
+    p.add_argument("--style", default="description", help="caption style (title, description, attributes)")
+    p.add_argument("--index", default="auto", choices=("auto", "flat", "hnsw", "ivf"),
+                   help=f"FAISS index (auto: exact up to {APPROXIMATE_ABOVE:,} vectors, IVF above)")  # fmt: skip
+    p.add_argument("--approximate-above", type=int, default=APPROXIMATE_ABOVE)
+    p.add_argument("--caption-weight", type=float, default=None,
+                   help="weight of the generated-caption score in search (default 0.25 with captions)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="only the first N products")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_catalog_build)
+
+    p = csub.add_parser("add", help="embed and add the products of a dataset (a new version)")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default=None)
+    p.add_argument("--model", default=None, help="default: the model the catalog was built with")
+    p.add_argument("--replace", action="store_true", help="update products whose id is already there")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_catalog_add)
+
+    p = csub.add_parser("remove", help="remove products by id (a new version)")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--ids", nargs="+", required=True)
+    p.set_defaults(func=cmd_catalog_remove)
+
+    p = csub.add_parser("info", help="print the catalog's manifest")
+    p.add_argument("--catalog", required=True)
+    p.set_defaults(func=cmd_catalog_info)
+
+    p = sub.add_parser("serve", help="the REST API and web page over a model and a catalog")
+    p.add_argument("--model", required=True)
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=int, default=10)
+    p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image accepted (width x height)")
+    p.add_argument("--max-text-chars", type=int, default=500)
+    p.add_argument("--generation-jobs", type=int, default=1, help="generation / try-on jobs run at once")
+    p.add_argument("--queued-jobs", type=int, default=4, help="jobs waiting beyond those (more: 429)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps of generation (default: the head's)")
+    p.set_defaults(func=cmd_serve)
