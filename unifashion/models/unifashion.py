@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ from unifashion.models.qformer import max_over_queries
 from unifashion.models.retrieval import PICKLE_SUFFIXES, RetrievalModel, read_checkpoint_config
 from unifashion.training.data import FeatureTable
 from unifashion.utils.errors import DataError, PickleCheckpointError, UniFashionError
-from unifashion.utils.io import atomic_directory
+from unifashion.utils.io import atomic_directory, copy_entries
 
 ImageInput = str | os.PathLike | Image.Image | ImageRef
 
@@ -195,13 +194,7 @@ class UniFashion:
                 for task, head in self._image_heads.items():
                     head.save_pretrained(tmp / HEAD_FOLDERS[task], with_vae=False)
             if self.source is not None:
-                for entry in sorted(self.source.iterdir()):
-                    if entry.name in written or entry.name.startswith("."):
-                        continue
-                    if entry.is_dir():
-                        shutil.copytree(entry, tmp / entry.name)
-                    else:
-                        shutil.copy2(entry, tmp / entry.name)
+                copy_entries(self.source, tmp, skip=written)
         return path
 
     # -- heads -------------------------------------------------------------------
@@ -428,6 +421,7 @@ class UniFashion:
         seed: int = 0,
         n: int = 1,
         bf16: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image]:
         """Draw ``person`` wearing the garment ``text`` describes, shaped by ``sketch`` (aligned with the
         person) (``unifashion design``); the other arguments are those of :meth:`try_on`."""
@@ -435,7 +429,7 @@ class UniFashion:
             raise DataError(f"design: text must be a string, got {type(text).__name__}")
         return self._inpaint("design", person=person, mask=mask, pose=pose, pose_format=pose_format,
                              agnostic=agnostic, text=text, sketch=sketch, paste=paste, sampler=sampler,
-                             steps=steps, guidance=guidance, seed=seed, n=n, bf16=bf16)  # fmt: skip
+                             steps=steps, guidance=guidance, seed=seed, n=n, bf16=bf16, on_step=on_step)  # fmt: skip
 
     def __repr__(self) -> str:
         where = f" from {self.source}" if self.source is not None else ""

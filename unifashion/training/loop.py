@@ -165,18 +165,12 @@ def extended_checkpoint(
     and its parsed ``config.json``; the caller writes the new parts there and updates the dict. On
     exit the training ``logs`` folder is merged into ``logs/``, ``config.json`` is written, the
     scratch folder takes ``out``'s place in one rename, and the live logs are removed."""
-    from unifashion.utils.io import atomic_directory, atomic_write_json
+    from unifashion.utils.io import atomic_directory, atomic_write_json, copy_entries
 
     source = Path(source)
     meta = json.loads((source / "config.json").read_text(encoding="utf-8"))
     with atomic_directory(out) as tmp:
-        for entry in source.iterdir():
-            if entry.name in replaced or entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            else:
-                shutil.copy2(entry, tmp / entry.name)
+        copy_entries(source, tmp, skip=replaced)
         yield tmp, meta
         if logs is not None and logs.exists():
             shutil.copytree(logs, tmp / "logs", dirs_exist_ok=True)

@@ -36,6 +36,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def copy_entries(source: str | os.PathLike, dest: str | os.PathLike, *, skip: set[str] = frozenset()) -> None:
+    """Copy every entry of folder ``source`` into ``dest`` except those named in ``skip`` and hidden ones."""
+    dest = Path(dest)
+    for entry in sorted(Path(source).iterdir()):
+        if entry.name in skip or entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name)
+        else:
+            shutil.copy2(entry, dest / entry.name)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
     """Yield a scratch folder beside ``path``; on success it takes ``path``'s
