@@ -79,6 +79,13 @@ def image_bytes(ref: ImageRef) -> tuple[bytes, str]:
     return data, Image.MIME.get(fmt or "", "application/octet-stream")
 
 
+def mean_vectors(queries: np.ndarray) -> np.ndarray:
+    """(N, e) normalised means of query vectors (N, Q, e): what an image query is matched on
+    (the evaluation's image-only measure)."""
+    means = queries.mean(axis=1)
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+
+
 def embed_products(
     model,
     products: Sequence[Product],
@@ -109,8 +116,7 @@ def embed_products(
         source = "data"
         texts = [(p.captions[0] if p.captions else (p.title or "")).strip() for p in products]
     queries = model.encode_images(refs, batch_size=batch_size, progress=progress).float().numpy()  # (N, Q, e)
-    means = queries.mean(axis=1)
-    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    means = mean_vectors(queries)
     caption_vecs = np.zeros_like(means)
     have = [i for i, c in enumerate(texts) if c]
     if have:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from unifashion.catalog.index import APPROXIMATE_ABOVE, VectorIndex, auto_kind, best_per_item
+from unifashion.catalog.index import APPROXIMATE_ABOVE, KINDS, VectorIndex, auto_kind, best_per_item
 from unifashion.utils.errors import UniFashionError
 from unifashion.utils.io import atomic_write_json, atomic_write_text
 
@@ -193,17 +193,23 @@ def _save_vectors(path: Path, rows: np.ndarray, vectors: ProductVectors) -> None
                "means": vectors.means, "captions": vectors.captions}, os.fspath(path))  # fmt: skip
 
 
+def _index_ids(name: str, rows: np.ndarray, per_product: int) -> np.ndarray:
+    """Vector ids of these rows in index ``name``: ``row * Q + q`` for the query vectors, the row otherwise."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if name == "queries":
+        return (rows[:, None] * per_product + np.arange(per_product)[None, :]).reshape(-1)
+    return rows
+
+
 def _index_inputs(name: str, rows: np.ndarray, vectors: ProductVectors) -> tuple[np.ndarray, np.ndarray]:
     """The vectors and ids index ``name`` holds for these rows."""
     if name == "queries":
         n, q, e = vectors.queries.shape
-        ids = (rows[:, None] * q + np.arange(q)[None, :]).reshape(-1)
-        return vectors.queries.reshape(n * q, e), ids
-    data = vectors.means if name == "means" else vectors.captions
+        return vectors.queries.reshape(n * q, e), _index_ids(name, rows, q)
     if name == "captions":  # products without a generated caption are not in the caption index
-        have = np.abs(data).sum(axis=1) > 0
-        return data[have], rows[have]
-    return data, rows
+        have = np.abs(vectors.captions).sum(axis=1) > 0
+        return vectors.captions[have], rows[have]
+    return vectors.means, rows
 
 
 class Catalog:
@@ -236,6 +242,7 @@ class Catalog:
         self._ids = {int(r): pid for r, pid, _ in meta}
         self._row_of = {pid: int(r) for r, pid, _ in meta}
         self._category = {int(r): cat for r, _, cat in meta}
+        self._categories = sorted(set(self._category.values()))
         if set(self._ids) != set(self._pos):
             raise CatalogError(f"{self.path}: products.sqlite and vectors.safetensors list different products")
 
@@ -250,10 +257,6 @@ class Catalog:
             raise CatalogError(f"{folder}: not a catalog (no CURRENT file); build one with "
                                "`unifashion catalog build --model MODEL --data DIR --out CATALOG`")  # fmt: skip
         return cls(folder, version)
-
-    @staticmethod
-    def exists(folder: str | os.PathLike) -> bool:
-        return _live_version(Path(folder)) is not None
 
     @classmethod
     def _write(cls, folder: Path, manifest: dict[str, Any], rows: np.ndarray, vectors: ProductVectors,
@@ -336,19 +339,9 @@ class Catalog:
         all_vectors = ProductVectors.concat(old_vectors, vectors)
 
         def make_indexes() -> dict[str, VectorIndex]:
-            out = {}
-            for name in INDEXES:
-                index = self.indexes[name]
-                if drop and not index.supports_remove:
-                    index = VectorIndex(self.dim, index.kind)  # HNSW: rebuilt without the replaced rows
-                    index.add(*_index_inputs(name, old_rows, old_vectors))
-                elif drop:
-                    index = self._reloaded(name)
-                    index.remove(_index_inputs(name, np.asarray(drop, np.int64), self._vectors_of(drop))[1])
-                else:
-                    index = self._reloaded(name)
+            out = self._indexes_without(drop, old_rows, old_vectors)
+            for name, index in out.items():
                 index.add(*_index_inputs(name, new_rows, vectors))
-                out[name] = index
             return out
 
         fill = lambda p: _write_db(p, entries, new_rows, base=self.path / "products.sqlite", drop_rows=drop)
@@ -361,19 +354,7 @@ class Catalog:
             raise CatalogError(f"remove: {len(unknown)} ids not in {self.folder} (first: {unknown[0]!r})")
         drop = [self._row_of[i] for i in ids]
         rows, vectors = self.without_rows(drop)
-
-        def make_indexes() -> dict[str, VectorIndex]:
-            out = {}
-            for name in INDEXES:
-                if self.indexes[name].supports_remove:
-                    index = self._reloaded(name)
-                    index.remove(_index_inputs(name, np.asarray(drop, np.int64), self._vectors_of(drop))[1])
-                else:
-                    index = VectorIndex(self.dim, self.indexes[name].kind)
-                    index.add(*_index_inputs(name, rows, vectors))
-                out[name] = index
-            return out
-
+        make_indexes = lambda: self._indexes_without(drop, rows, vectors)
         fill = lambda p: _write_db(p, [], [], base=self.path / "products.sqlite", drop_rows=drop)
         return self._write(self.folder, self.manifest, rows, vectors, fill, make_indexes)
 
@@ -382,12 +363,24 @@ class Catalog:
         keep = ~np.isin(self.rows, np.asarray(drop, np.int64))
         return self.rows[keep], self.vectors.take(keep)
 
-    def _vectors_of(self, rows: Sequence[int]) -> ProductVectors:
-        return self.vectors.take(np.asarray([self._pos[r] for r in rows], np.int64))
-
-    def _reloaded(self, name: str) -> VectorIndex:
-        """A private copy of a loaded index to change (the loaded one keeps serving)."""
-        return VectorIndex.load(self.path / f"{name}.faiss", self.dim, self.indexes[name].kind)
+    def _indexes_without(
+        self, drop: Sequence[int], rows: np.ndarray, vectors: ProductVectors
+    ) -> dict[str, VectorIndex]:
+        """Private copies of the loaded indexes less the products ``drop`` (the loaded ones keep
+        serving): deleted in place, or rebuilt from ``rows`` / ``vectors`` (what stays) where the kind
+        cannot delete (HNSW)."""
+        out = {}
+        for name in INDEXES:
+            kind = self.indexes[name].kind
+            if drop and not self.indexes[name].supports_remove:
+                index = VectorIndex(self.dim, kind)
+                index.add(*_index_inputs(name, rows, vectors))
+            else:
+                index = VectorIndex.load(self.path / f"{name}.faiss", self.dim, kind)
+                if drop:
+                    index.remove(_index_ids(name, drop, self.queries_per_product))
+            out[name] = index
+        return out
 
     # -- reading ----------------------------------------------------------------------
 
@@ -434,7 +427,7 @@ class Catalog:
         return bytes(blob), mime
 
     def categories(self) -> list[str]:
-        return sorted(set(self._category.values()))
+        return list(self._categories)
 
     def search(
         self,
@@ -514,8 +507,6 @@ class Catalog:
 
 
 def _kinds(kind: str, n_query_vectors: int, n_products: int, approximate_above: int) -> dict[str, str]:
-    from unifashion.catalog.index import KINDS
-
     if kind == "auto":
         return {"queries": auto_kind(n_query_vectors, approximate_above),
                 "means": auto_kind(n_products, approximate_above),

@@ -41,6 +41,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from unifashion.catalog.build import mean_vectors
 from unifashion.catalog.store import Catalog, Hit
 from unifashion.serve.inputs import InputError, Limits, clean_text, read_image
 from unifashion.serve.jobs import JobQueue, QueueFull
@@ -75,8 +76,7 @@ class Service:
         self.catalog = catalog
         self.limits = limits
         self.steps = steps
-        self.search_lock = threading.Lock()
-        self.caption_lock = threading.Lock()
+        self.search_lock = threading.Lock()  # one model pass at a time (search and captions)
         self.jobs = JobQueue(limits.max_generation_jobs, limits.max_queued_jobs)
         # Uploads are one-off images: keep them out of the on-disk feature cache.
         model.feature_cache.enabled = False
@@ -96,6 +96,11 @@ class Service:
                              f"(one of {', '.join(self.catalog.categories())})")  # fmt: skip
         return category
 
+    def check_product(self, product_id: str) -> str:
+        if product_id not in self.catalog:
+            raise InputError(404, "product_id", f"product_id: no product {product_id!r} in the catalog")
+        return product_id
+
     def need_head(self, task: str, field: str) -> None:
         if task not in self.model.heads:
             raise InputError(501, field, f"this model has no {task} head (heads: {', '.join(self.model.heads)})")
@@ -108,7 +113,7 @@ class Service:
             {"id": h.id, "score": round(h.score, 6), "image_score": round(h.image_score, 6),
              "caption_score": round(h.caption_score, 6), "category": m["category"], "title": m["title"],
              "generated_caption": m["generated_caption"], "captions": m["captions"],
-             "image_url": f"/api/products/{quote(h.id, safe='')}/image"}
+             "image_url": _image_url(h.id)}
             for h, m in zip(hits, meta, strict=True)
         ]  # fmt: skip
 
@@ -117,6 +122,10 @@ class Service:
         hits = self.catalog.search(vector, by=by, k=k, category=category, caption_weight=caption_weight)
         return {"kind": kind, "query": query, "results": self.results(hits),
                 "took_ms": round((time.perf_counter() - start) * 1000, 2)}  # fmt: skip
+
+
+def _image_url(product_id: str) -> str:
+    return f"/api/products/{quote(product_id, safe='')}/image"
 
 
 def _error(status: int, field: str | None, message: str) -> JSONResponse:
@@ -187,15 +196,11 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
 
     @app.get("/api/products/{product_id}")
     def product(product_id: str) -> dict:
-        if product_id not in svc.catalog:
-            raise InputError(404, "product_id", f"product_id: no product {product_id!r} in the catalog")
-        return svc.catalog.product(product_id) | {"image_url": f"/api/products/{quote(product_id, safe='')}/image"}
+        return svc.catalog.product(svc.check_product(product_id)) | {"image_url": _image_url(product_id)}
 
     @app.get("/api/products/{product_id}/image")
     def product_image(product_id: str) -> Response:
-        if product_id not in svc.catalog:
-            raise InputError(404, "product_id", f"product_id: no product {product_id!r} in the catalog")
-        data, mime = svc.catalog.image(product_id)
+        data, mime = svc.catalog.image(svc.check_product(product_id))
         return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
 
     # -- search ------------------------------------------------------------------------------
@@ -220,9 +225,8 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         k, category = svc.check_k(k), svc.check_category(category)
         pil = _read_upload(image, "image", limits)
         with svc.search_lock:
-            q = svc.model.encode_images([pil])[0].float()  # (Q, e)
-        vec = q.mean(dim=0)
-        vec = (vec / vec.norm().clamp_min(1e-12)).numpy()
+            queries = svc.model.encode_images([pil]).float().numpy()  # (1, Q, e)
+        vec = mean_vectors(queries)[0]
         return svc.search("image", vec, by="means", k=k, category=category, caption_weight=0.0, start=start,
                           query={"image": f"{pil.width}x{pil.height}"})  # fmt: skip
 
@@ -258,7 +262,7 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
             raise InputError(422, "style", f"style: expected one of {', '.join(styles)}, got {style!r}")
         pil = _read_upload(image, "image", limits)
         start = time.perf_counter()
-        with svc.caption_lock, svc.search_lock:
+        with svc.search_lock:
             text = svc.model.caption([pil], style=style)[0]
         return {"caption": text, "style": style, "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
@@ -291,7 +295,9 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
     ) -> JSONResponse:
         svc.need_head("text2image", "text")
         seed, steps = _seed(seed), _steps(steps)
-        text = clean_text(text, "text", limits) if text is not None and (image is None or text.strip()) else None
+        if text is not None and image is not None and not text.strip():
+            text = None  # a reference image alone: image-only conditioning
+        text = None if text is None else clean_text(text, "text", limits)
         pil = _read_upload(image, "image", limits, required=False)
         if text is None and pil is None:
             raise InputError(422, "text", "text: give a text, a reference image, or both")
