@@ -32,6 +32,9 @@ def cmd_train_generation(args: argparse.Namespace) -> int:
         seed=args.seed,
         bf16=not args.no_bf16,
         ema_decay=args.ema_decay,
+        noisy_share=args.noisy_share,
+        noise_offset=args.noise_offset,
+        continue_heads=args.continue_heads,
         vae_batch_size=d.vae_batch_size,
     )
     summary = train_generation(args.model, args.data, args.out, cfg=cfg, fmt=args.format, split=args.split)
@@ -50,7 +53,8 @@ def cmd_eval_generation(args: argparse.Namespace) -> int:
     )
     cfg = GenerationEvalConfig(limit=args.limit, sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance,
                                sampler_sweep=sweep, batch_size=args.batch_size, seed=args.seed,
-                               samples_dir=args.samples, inception_weights=args.inception_weights)  # fmt: skip
+                               samples_dir=args.samples, inception_weights=args.inception_weights,
+                               clip_model=args.clip_model)  # fmt: skip
     splits = [s for s in args.split.split(",") if s]
     result = evaluate_generation(args.model, args.data, splits, cfg, args.format, args.json)
     for split, r in result["splits"].items():
@@ -179,6 +183,12 @@ def add_generation_commands(sub, train_sub, eval_sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0: keep the last weights")
+    p.add_argument("--noisy-share", type=float, default=d.noisy_share,
+                   help="share of rows with t from the noisiest fifth of the schedule")  # fmt: skip
+    p.add_argument("--noise-offset", type=float, default=d.noise_offset,
+                   help="std of the per-channel constant added to the training noise (offset noise)")  # fmt: skip
+    p.add_argument("--continue", dest="continue_heads", action="store_true",
+                   help="start each head from the checkpoint's head of that task instead of fresh weights")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-bf16", action="store_true")
     p.set_defaults(func=cmd_train_generation)
@@ -200,6 +210,9 @@ def add_generation_commands(sub, train_sub, eval_sub) -> None:
     p.add_argument("--samples", default=None, help="write sample sheets (PNG) to this folder")
     p.add_argument("--inception-weights", default=None,
                    help="safetensors of the published FID's Inception-v3: adds fid_inception / kid_inception")  # fmt: skip
+    p.add_argument("--clip-model", default=None,
+                   help="CLIP checkpoint folder (config.json + safetensors + processor files): adds clip_score, "
+                        "the paper's CLIP-S as torchmetrics computes it")  # fmt: skip
     p.set_defaults(func=cmd_eval_generation)
 
     p = sub.add_parser("generate", help="generate a garment image from a text, a reference image, or both")

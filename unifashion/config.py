@@ -225,6 +225,9 @@ class GenerationTrainingConfig:
     # deterministic code, their scale is fixed afterwards.
     vae_kl_weight: float = 1e-4
     reuse_vae: bool = True  # keep the checkpoint's vae/ when it has one
+    # Start each head from the checkpoint's head of the same task (fine-tuning)
+    # instead of fresh weights; needs the checkpoint's VAE (no VAE retraining).
+    continue_heads: bool = False
     steps: int = 2500  # text2image U-Net
     tryon_steps: int = 500
     design_steps: int = 500
@@ -236,7 +239,11 @@ class GenerationTrainingConfig:
     condition_mix: tuple[float, ...] = (0.5, 0.25, 0.25)
     # Share of rows whose noise level is drawn from the noisiest fifth of the
     # schedule (where the model must read the condition); 0: uniform (DDPM).
-    noisy_share: float = 0.0
+    noisy_share: float = 0.3
+    # Std of the per-channel constant added to the training noise (offset noise, see
+    # ``Generator.q2i_loss``); 0: plain Gaussian noise. Without it the garment's
+    # colour followed the mean of the starting noise more than the text (README).
+    noise_offset: float = 0.1
     ema_decay: float = 0.999
     seed: int = 0
     bf16: bool = True

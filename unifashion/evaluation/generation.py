@@ -5,7 +5,9 @@
   ``fid_effnet`` / ``kid_effnet``: the same formulas as the published
   Inception FID, not comparable with its numbers.
 - ``itc_score``: text-image agreement in the role of CLIP-S, by our own
-  Q-Former (mean over pairs of the Eq. 3 similarity x 100; named as ours).
+  Q-Former (mean over pairs of the Eq. 3 similarity x 100; named as ours);
+  ``clip_score``: the paper's CLIP-S itself (torchmetrics' CLIPScore) when a
+  CLIP checkpoint is given (:mod:`unifashion.evaluation.clip_score`).
 - Attribute accuracy on FashionSynth: the garment colour measured from the
   pixels (:func:`garment_colour`) and the category by the retrieval model
   (nearest training image), against what was asked. Both measurements are
@@ -265,6 +267,8 @@ class GenerationEvalConfig:
     samples_dir: str | None = None
     # The published FID's Inception-v3 weights (safetensors); adds fid_inception / kid_inception.
     inception_weights: str | None = None
+    # A CLIP checkpoint (local folder or hub id); adds clip_score (the paper's CLIP-S, torchmetrics').
+    clip_model: str | None = None
 
 
 def _generate(
@@ -346,6 +350,17 @@ def evaluate_generation_split(model_path: str | os.PathLike, data_root, split: s
         from unifashion.evaluation.inception import load_fid_inception
 
         networks["inception"] = MemoisedFeatures(load_fid_inception(cfg.inception_weights), 2048)
+    clip_s = None
+    if cfg.clip_model:
+        from unifashion.evaluation.clip_score import ClipScorer
+
+        clip_s = ClipScorer(cfg.clip_model)
+
+    def agreement(images, texts) -> dict[str, float]:
+        r = {"itc_score": itc_score(model, images, texts)}
+        if clip_s is not None:
+            r["clip_score"] = clip_s(images, texts)
+        return r
 
     def fids(real_set, fake_set) -> dict[str, float]:
         r = {}
@@ -387,7 +402,7 @@ def evaluate_generation_split(model_path: str | os.PathLike, data_root, split: s
         def score(images: list[np.ndarray], seconds: float, real_set, colours_wanted, cats_wanted, texts) -> dict:
             r = {"colour_accuracy": round(accuracy([garment_colour(im) for im in images], colours_wanted), 2),
                  "category_accuracy": round(accuracy(reference.classify(model, images), cats_wanted), 2),
-                 "itc_score": itc_score(model, images, texts), "seconds_per_image": round(seconds, 4)}  # fmt: skip
+                 **agreement(images, texts), "seconds_per_image": round(seconds, 4)}  # fmt: skip
             r.update(fids(real_set, images))
             return r
 
@@ -395,7 +410,7 @@ def evaluate_generation_split(model_path: str | os.PathLike, data_root, split: s
                                      desc=f"text -> image ({cfg.sampler}-{cfg.steps})", **common)  # fmt: skip
         out["text"] = {"sampler": cfg.sampler, "steps": cfg.steps, "n": len(prompts),
                        **score(text_images, sec, real, colours, cats, prompts)}  # fmt: skip
-        out["real_images"] = {**ceiling, "itc_score": itc_score(model, real, prompts)}
+        out["real_images"] = {**ceiling, **agreement(real, prompts)}
         sweep = {}
         for name, steps in cfg.sampler_sweep:
             if (name, steps) == (cfg.sampler, cfg.steps):
@@ -488,6 +503,10 @@ def evaluate_generation_split(model_path: str | os.PathLike, data_root, split: s
                 "seconds_per_image": round(sec, 4),
             }  # fmt: skip
             r.update(fids(list(persons), list(pasted)))
+            if task == "design" and clip_s is not None:
+                r["clip_score"] = clip_s(list(pasted), [s.text for s in chosen])
+                if paired:
+                    r["clip_score_real"] = clip_s(list(persons), [s.text for s in chosen])
             if paired:
                 r["ssim"] = round(ssim(pasted, persons), 4)
                 r["l1"] = round(float(np.abs(pasted.astype(np.float32) - persons).mean()), 3)
@@ -510,7 +529,7 @@ def evaluate_generation(model_path, data_root, splits: Sequence[str], cfg: Gener
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     nets = "efficientnet-lite0 (fid_effnet)" + (", FID Inception-v3 (fid_inception)" if cfg.inception_weights else "")
-    result = {"model": str(model_path), "data": str(data_root), "feature_networks": nets,
+    result = {"model": str(model_path), "data": str(data_root), "feature_networks": nets, "clip_model": cfg.clip_model,
               "splits": {s: evaluate_generation_split(model_path, data_root, s, cfg, fmt, progress) for s in splits}}  # fmt: skip
     result["seconds"] = round(time.perf_counter() - started, 1)
     if json_path:

@@ -333,6 +333,7 @@ class Generator(nn.Module):
         generator: torch.Generator | None = None,
         drop_rate: float | None = None,
         noisy_share: float = 0.0,
+        noise_offset: float = 0.0,
         shard=None,
     ) -> torch.Tensor:
         """E ||eps - eps_theta(x_t, t, f_zeta(Z))||^2 on clean latents (B, 4, h, w); the condition
@@ -343,12 +344,21 @@ class Generator(nn.Module):
         model have to read the condition (what colour, which garment), and uniform sampling
         gives those steps a tenth of the updates.
 
+        ``noise_offset`` adds one Gaussian value per row and channel, the same at every position, to
+        the noise ("offset noise"). Without it the mean of x_t keeps the garment's colour up to the
+        noisiest steps (the mean of h x w noise values has 1 / sqrt(h w) of their spread), so the
+        model learns to read the colour there from x_t; at sampling time x_T is pure noise and the
+        colour then follows the random mean of the seed instead of the condition.
+
         With a ``shard`` (:class:`unifashion.utils.distributed.Shard`) the random draws cover the
         whole batch, and only this process's rows go through the U-Net."""
         b = latents.shape[0]
         steps = schedule.config.num_train_timesteps
         drop_rate = self.config.condition_dropout if drop_rate is None else drop_rate
-        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        if noise_offset > 0:
+            noise = noise + noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+        noise = noise.to(latents.device)
         t = torch.randint(0, steps, (b,), generator=generator)
         noisy = torch.rand(b, generator=generator) < noisy_share
         t = torch.where(noisy, torch.randint(int(0.8 * steps), steps, (b,), generator=generator), t).to(latents.device)
@@ -379,11 +389,13 @@ class Generator(nn.Module):
         generator: torch.Generator | None = None,
         scheduler=None,
         on_step: Callable[[int, int], None] | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Latents (B, 4, h, w) from Q-Former outputs (B, N, d) by ``sampler`` in ``steps`` steps with
         classifier-free guidance; the same seed and inputs give the same latents. ``scheduler``:
         any diffusers scheduler instead of ``sampler`` (to try another one). ``on_step(done, total)``
-        is called after each denoising step (progress bars, job status)."""
+        is called after each denoising step (progress bars, job status). ``noise``: the starting
+        Gaussian latents (B, 4, h, w) instead of ones drawn from the seed."""
         cfg = self.config
         scheduler = scheduler if scheduler is not None else make_sampler(sampler or cfg.sampler, cfg)
         scheduler.set_timesteps(int(steps or cfg.sampling_steps))
@@ -395,8 +407,12 @@ class Generator(nn.Module):
         extra2 = None if extra is None else torch.cat([extra, extra])
         generator = generator or torch.Generator().manual_seed(seed)
         h, w = self.latent_hw
-        latents = torch.randn((b, cfg.latent_channels, h, w), generator=generator).to(self.device)
-        latents = latents * scheduler.init_noise_sigma
+        shape = (b, cfg.latent_channels, h, w)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator)
+        elif tuple(noise.shape) != shape:
+            raise ConfigError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
+        latents = noise.to(self.device, torch.float32) * scheduler.init_noise_sigma
         total = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
             x = scheduler.scale_model_input(torch.cat([latents, latents]), t)

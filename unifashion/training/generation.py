@@ -54,7 +54,7 @@ from unifashion.training.data import FeatureTable, pick, product_texts, training
 from unifashion.training.loop import LossLog, extended_checkpoint, seed_everything
 from unifashion.training.runner import OptimConfig, StageRunner
 from unifashion.training.stages import UNetStage, VaeStage
-from unifashion.utils.errors import DataError
+from unifashion.utils.errors import ConfigError, DataError
 
 
 def product_hw(cfg_size: int) -> tuple[int, int]:
@@ -297,6 +297,11 @@ def train_generation(
         vae = load_vae(dcfg.source).eval()
         scale = float(vae.config.scaling_factor)
         summary["vae"] = {"pretrained": dcfg.source}
+    elif cfg.continue_heads and not (cfg.reuse_vae and (source / "vae").is_dir()):
+        raise ConfigError(
+            f"continue_heads: the heads of {source} were trained on its vae/, so they continue only with that VAE "
+            "(it has none, or reuse_vae is off)"
+        )
     elif cfg.reuse_vae and (source / "vae").is_dir():
         vae = AutoencoderKL.from_pretrained(os.fspath(source / "vae"), use_safetensors=True).eval()
         scale = float(vae.config.scaling_factor)
@@ -316,7 +321,9 @@ def train_generation(
     for task in cfg.tasks:
         t0 = time.perf_counter()
         hw = p_hw if task == "text2image" else s_hw
-        generator = Generator.build(dcfg, task, d, hw, vae=vae, latent_scale=scale)
+        generator = head_to_train(source, task, dcfg, d, hw, vae, scale, cfg)
+        if cfg.continue_heads:
+            summary["heads"].setdefault(task, {})["continued_from"] = str(source / HEAD_FOLDERS[task])
         if task == "text2image":
             prepared = text2image_data(model, generator, data, cache, progress)
             steps = cfg.steps
@@ -326,7 +333,7 @@ def train_generation(
         t1 = time.perf_counter()
         last = train_head(model, generator, prepared, steps, cfg, log, progress=progress)
         heads[task] = generator
-        summary["heads"][task] = {"steps": steps, "last": last, "prepare_seconds": round(t1 - t0, 1),
+        summary["heads"][task] = {**summary["heads"].get(task, {}), "steps": steps, "last": last, "prepare_seconds": round(t1 - t0, 1),
                                   "seconds": round(time.perf_counter() - t1, 1),
                                   "unet_parameters": sum(p.numel() for p in generator.unet.parameters())}  # fmt: skip
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -334,6 +341,25 @@ def train_generation(
         source, out, vae, heads, {"generation": dataclasses.asdict(cfg), "summary": summary}, live_logs
     )
     return summary
+
+
+def head_to_train(source: Path, task: str, dcfg, condition_dim: int, hw: tuple[int, int], vae: torch.nn.Module,
+                  latent_scale: float, cfg: GenerationTrainingConfig) -> Generator:  # fmt: skip
+    """A fresh head for ``task`` on ``vae``, or with ``cfg.continue_heads`` the head of checkpoint
+    ``source`` (which must have been trained on that same VAE: the checkpoint's own)."""
+    if not cfg.continue_heads:
+        return Generator.build(dcfg, task, condition_dim, hw, vae=vae, latent_scale=latent_scale)
+    folder = source / HEAD_FOLDERS[task]
+    if not folder.is_dir():
+        raise ConfigError(f"continue_heads: {source} has no {task} head ({HEAD_FOLDERS[task]}/) to continue")
+    head = Generator.from_pretrained(folder, vae_folder=source / "vae")
+    if head.spec.task != task or head.spec.condition_dim != condition_dim:
+        raise ConfigError(
+            f"continue_heads: {folder} is a {head.spec.task} head on {head.spec.condition_dim}-wide states; "
+            f"expected {task} on {condition_dim}"
+        )
+    head.vae = vae
+    return head.train()
 
 
 def save_with_image_heads(

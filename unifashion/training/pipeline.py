@@ -128,6 +128,11 @@ class PipelineConfig:
             )
         if self.run.stages and "phase1a" not in self.run.stages and not self.run.init_from:
             raise ConfigError(f"{where}: run.stages without phase1a needs run.init_from (a model to start from)")
+        if self.generation.continue_heads and (not self.run.init_from or "phase1b_vae" in (self.run.stages or known)):
+            raise ConfigError(
+                f"{where}: generation.continue_heads needs run.init_from (a model with image heads) and run.stages "
+                "without phase1b_vae (its heads continue only on its own VAE)"
+            )
 
     def digest(self) -> str:
         """What a resumed run must share with the run it continues (everything but progress bars)."""
@@ -385,15 +390,22 @@ def _load_vae(folder: Path):
 
 def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dict[str, Any]:
     from unifashion.generation import HEAD_FOLDERS
-    from unifashion.models.generator import Generator
-    from unifashion.training.generation import inpaint_data, person_hw, product_hw, text2image_data, train_head
+    from unifashion.training.generation import (
+        head_to_train,
+        inpaint_data,
+        person_hw,
+        product_hw,
+        text2image_data,
+        train_head,
+    )
 
     dcfg, cfg = model.config.diffusion, p.cfg.generation
     vae = _load_vae(p.model_dir)
     hw = product_hw(dcfg.image_size) if task == "text2image" else person_hw(dcfg.image_size)
     seed_everything(cfg.seed + 30 + sorted(HEAD_FOLDERS).index(task))
-    head = Generator.build(dcfg, task, model.config.qformer.hidden_size, hw, vae=vae,
-                           latent_scale=float(vae.config.scaling_factor))  # fmt: skip
+    # With continue_heads the head in model_dir is run.init_from's (checked in PipelineConfig.check).
+    head = head_to_train(p.model_dir, task, dcfg, model.config.qformer.hidden_size, hw, vae,
+                         float(vae.config.scaling_factor), cfg)  # fmt: skip
     model.eval().qformer.requires_grad_(False)
     progress = p.cfg.run.progress and p.main
     if task == "text2image":

@@ -227,7 +227,8 @@ class UNetStage(StageBase, nn.Module):
         latents, states, mask, extra, kind = (x.to(_device(self.trainable)) if torch.is_tensor(x) else x for x in batch)
         with autocast(self.cfg.bf16):
             loss = self.generator.q2i_loss(latents, states, mask, extra, self.schedule, generator,
-                                           noisy_share=self.cfg.noisy_share, shard=shard)  # fmt: skip
+                                           noisy_share=self.cfg.noisy_share,
+                                           noise_offset=self.cfg.noise_offset, shard=shard)  # fmt: skip
         return {"loss": loss, f"q2i_{kind}": loss.detach()}
 
     def after_step(self) -> None:

@@ -1,6 +1,7 @@
 """End to end on the tiny preset: train the image heads, evaluate them, and the three commands."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -51,12 +52,45 @@ def test_a_second_run_reuses_the_vae_and_keeps_other_heads(with_heads, tmp_path)
     assert "reused" in meta["training"]["generation"]["summary"]["vae"]
 
 
-def test_eval_generation_reports_every_figure(with_heads, tmp_path):
+def test_continue_starts_from_the_checkpoints_head(with_heads, tmp_path):
+    data, _, out = with_heads
+    weights = "generator/unet/diffusion_pytorch_model.safetensors"
+    for flags, same in (([], False), (["--continue"], True)):
+        again = tmp_path / ("continued" if flags else "fresh")
+        # Learning rate 0: the weights stay where they started.
+        code = cli.main(["train", "generation", "--model", str(out), "--data", str(data), "--out", str(again),
+                         "--tasks", "text2image", "--steps", "3", "--lr", "0", "--batch-size", "4", "--no-bf16",
+                         "--noisy-share", "0.5", "--noise-offset", "0.1", *flags])  # fmt: skip
+        assert code == 0
+        assert ((again / weights).read_bytes() == (out / weights).read_bytes()) is same, flags
+        assert (again / "tryon").is_dir() and (again / "design").is_dir()
+    summary = json.loads((again / "config.json").read_text())["training"]["generation"]
+    assert summary["summary"]["heads"]["text2image"]["continued_from"] == str(out / "generator")
+    assert summary["generation"]["noise_offset"] == 0.1 and summary["generation"]["noisy_share"] == 0.5
+
+
+def test_continue_refuses_a_new_vae_or_a_missing_head(with_heads, tmp_path, capsys):
+    data, _, out = with_heads
+    base = ["train", "generation", "--data", str(data), "--steps", "2", "--vae-steps", "2", "--batch-size", "4",
+            "--no-bf16", "--continue"]  # fmt: skip
+    assert cli.main([*base, "--model", str(out), "--out", str(tmp_path / "a"), "--retrain-vae"]) != 0
+    assert "only with that VAE" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    assert cli.main([*base[:-1], "--model", str(out), "--out", str(partial), "--tasks", "tryon",
+                     "--tryon-steps", "2"]) == 0  # fmt: skip
+    shutil.rmtree(partial / "generator")
+    assert cli.main([*base, "--model", str(partial), "--out", str(tmp_path / "b"), "--tasks", "text2image"]) != 0
+    assert "no text2image head (generator/)" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_eval_generation_reports_every_figure(with_heads, tiny_clip, tmp_path):
     data, _, out = with_heads
     js = tmp_path / "gen.json"
     code = cli.main(["eval", "generation", "--model", str(out), "--data", str(data), "--split", "val",
                      "--limit", "6", "--steps", "2", "--sampler-sweep", "plms:4,ddim:2,dpm++:2",
-                     "--batch-size", "6", "--json", str(js), "--samples", str(tmp_path / "sheets")])  # fmt: skip
+                     "--batch-size", "6", "--json", str(js), "--samples", str(tmp_path / "sheets"),
+                     "--clip-model", str(tiny_clip)])  # fmt: skip
     assert code == 0
     r = json.loads(js.read_text())["splits"]["val"]
     for key in (
@@ -65,10 +99,14 @@ def test_eval_generation_reports_every_figure(with_heads, tmp_path):
         "colour_accuracy",
         "category_accuracy",
         "itc_score",
+        "clip_score",
         "seconds_per_image",
     ):
         assert isinstance(r["text"][key], float), key
         assert isinstance(r["composed"][key], float), key
+    for x in (r["text"], r["composed"], r["real_images"], r["design"]["paired"], r["design"]["unpaired"]):
+        assert 0.0 <= x["clip_score"] <= 100.0
+    assert "clip_score_real" in r["design"]["paired"] and "clip_score" not in r["tryon"]["paired"]
     assert set(r["samplers"]) == {"plms-4", "ddim-2", "dpm++-2"}
     # The colour measurement on the real images is the ceiling: it reads FashionSynth's colours.
     assert r["real_images"]["colour_accuracy"] >= 80

@@ -233,3 +233,46 @@ def test_the_condition_conditions_a_tiny_model_overfitted_on_two_colours():
     assert r_img[0] > r_img[2] + 60, (r_img, b_img)
     assert b_img[2] > b_img[0] + 20, (r_img, b_img)
     assert (b_img[2] - b_img[0]) - (r_img[2] - r_img[0]) > 120, (r_img, b_img)
+
+
+def test_given_starting_noise_replaces_the_seeds_draw():
+    torch.manual_seed(0)
+    gen = Generator.build(TINY, "text2image", 64).eval()
+    states = _states()
+    shape = (2, TINY.latent_channels, *gen.latent_hw)
+    seeded = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(gen.sample(states, steps=3, noise=seeded), gen.sample(states, steps=3, seed=5))
+    assert not torch.allclose(gen.sample(states, steps=3, noise=-seeded), gen.sample(states, steps=3, seed=5))
+    with pytest.raises(ConfigError, match=r"noise: expected shape \(2, .*got \(1, "):
+        gen.sample(states, steps=3, noise=torch.zeros(1, *shape[1:]))
+
+
+def test_offset_noise_and_noisy_share_shape_what_the_loss_trains_on(monkeypatch):
+    """The loss target is the noise: with a U-Net that predicts 0 the loss is the noise's mean
+    square, 1 + offset^2 with offset noise; noisy_share moves the noise levels to the top fifth."""
+    from unifashion.models.generator import training_schedule
+
+    torch.manual_seed(0)
+    gen = Generator.build(TINY, "text2image", 64)
+    seen = []
+
+    def zero(noisy, t, cond, mask, extra):
+        seen.append(t.clone())
+        return torch.zeros_like(noisy)
+
+    monkeypatch.setattr(gen, "predict_noise", zero)
+    latents = torch.zeros(512, TINY.latent_channels, *gen.latent_hw)
+    states, schedule = _states(512), training_schedule(TINY)
+
+    def loss(**kw):
+        return float(gen.q2i_loss(latents, states, None, None, schedule, torch.Generator().manual_seed(0), **kw))
+
+    assert loss() == pytest.approx(1.0, abs=0.02)
+    assert loss(noise_offset=1.0) == pytest.approx(2.0, abs=0.15)
+    seen.clear()
+    loss(noisy_share=1.0)
+    assert int(seen[0].min()) >= 800
+    seen.clear()
+    loss(noisy_share=0.5)
+    share = float((seen[0] >= 800).float().mean())
+    assert share == pytest.approx(0.5 + 0.5 * 0.2, abs=0.07)

@@ -181,6 +181,23 @@ def test_each_phase_trains_its_parts_and_leaves_the_rest(full_run):
             assert same("phase1b_design", "phase2", key), key
 
 
+def test_continue_heads_fine_tunes_the_init_models_head(full_run, tmp_path, data):
+    model, _, _ = full_run
+    good = write_config(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"generation\.continue_heads needs run\.init_from"):
+        load_pipeline_config(good, ["generation.continue_heads=true"])
+    with pytest.raises(ConfigError, match="without phase1b_vae"):
+        load_pipeline_config(good, ["generation.continue_heads=true", f"run.init_from='{model}'"])
+    unet = "generator/unet/diffusion_pytorch_model.safetensors"
+    for continued in (True, False):
+        cfg = load_pipeline_config(good, [f"generation.continue_heads={str(continued).lower()}", "generation.lr=0",
+                                          f"run.init_from='{model}'", "run.stages=['phase1b_text2image']"])  # fmt: skip
+        out = tmp_path / f"continued-{continued}"
+        train_pipeline(cfg, out)
+        # Learning rate 0: a continued head is still the init model's; a fresh one is not.
+        assert ((out / unet).read_bytes() == (model / unet).read_bytes()) is continued
+
+
 # ---------------------------------------------------------------------------
 # resume
 
