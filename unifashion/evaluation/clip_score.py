@@ -94,7 +94,6 @@ class ClipScorer:
     def __init__(self, source: str, device: str | torch.device = "cpu", batch_size: int = 64):
         self.model, self.processor = load_clip(source)
         self.model.to(device)
-        self.source = source
         self.batch_size = batch_size
 
     @torch.no_grad()

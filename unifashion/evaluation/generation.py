@@ -504,9 +504,10 @@ def evaluate_generation_split(model_path: str | os.PathLike, data_root, split: s
             }  # fmt: skip
             r.update(fids(list(persons), list(pasted)))
             if task == "design" and clip_s is not None:
-                r["clip_score"] = clip_s(list(pasted), [s.text for s in chosen])
+                design_texts = [s.text for s in chosen]
+                r["clip_score"] = clip_s(list(pasted), design_texts)
                 if paired:
-                    r["clip_score_real"] = clip_s(list(persons), [s.text for s in chosen])
+                    r["clip_score_real"] = clip_s(list(persons), design_texts)
             if paired:
                 r["ssim"] = round(ssim(pasted, persons), 4)
                 r["l1"] = round(float(np.abs(pasted.astype(np.float32) - persons).mean()), 3)

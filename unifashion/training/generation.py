@@ -322,8 +322,6 @@ def train_generation(
         t0 = time.perf_counter()
         hw = p_hw if task == "text2image" else s_hw
         generator = head_to_train(source, task, dcfg, d, hw, vae, scale, cfg)
-        if cfg.continue_heads:
-            summary["heads"].setdefault(task, {})["continued_from"] = str(source / HEAD_FOLDERS[task])
         if task == "text2image":
             prepared = text2image_data(model, generator, data, cache, progress)
             steps = cfg.steps
@@ -333,7 +331,8 @@ def train_generation(
         t1 = time.perf_counter()
         last = train_head(model, generator, prepared, steps, cfg, log, progress=progress)
         heads[task] = generator
-        summary["heads"][task] = {**summary["heads"].get(task, {}), "steps": steps, "last": last, "prepare_seconds": round(t1 - t0, 1),
+        continued = {"continued_from": str(source / HEAD_FOLDERS[task])} if cfg.continue_heads else {}
+        summary["heads"][task] = {**continued, "steps": steps, "last": last, "prepare_seconds": round(t1 - t0, 1),
                                   "seconds": round(time.perf_counter() - t1, 1),
                                   "unet_parameters": sum(p.numel() for p in generator.unet.parameters())}  # fmt: skip
     summary["seconds"] = round(time.perf_counter() - started, 1)
