@@ -31,6 +31,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check unifashion tests benchmarks
 	$(VENV)/bin/ruff format --check unifashion tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -39,6 +40,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check unifashion tests benchmarks
 	$(VENV)/bin/ruff format --check unifashion tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

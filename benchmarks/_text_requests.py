@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from unifashion.data.formats import read_split
-from unifashion.generation import load_generation_model, text_condition
+from unifashion.pipelines.generation import load_generation_model, text_condition
 
 
 def parser(doc: str, n: int) -> argparse.ArgumentParser:

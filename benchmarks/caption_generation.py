@@ -22,8 +22,7 @@ import torch
 
 from unifashion.config import get_preset
 from unifashion.models.captioner import Captioner, Decoding
-from unifashion.training.loop import autocast
-from unifashion.utils.hardware import cpu_has_bf16, quiet_libraries
+from unifashion.utils.hardware import autocast, cpu_has_bf16, quiet_libraries
 
 
 def tokens_per_second(

@@ -18,7 +18,7 @@ import numpy as np
 
 from unifashion.catalog.build import check_model
 from unifashion.catalog.store import Catalog
-from unifashion.models.unifashion import UniFashion
+from unifashion.pipelines.unifashion import UniFashion
 
 
 def main() -> None:
@@ -36,8 +36,13 @@ def main() -> None:
     ids = [catalog.ids[i] for i in rng.choice(len(catalog), min(args.queries, len(catalog)), replace=False)]
     meta = [m for m in catalog.products(ids) if m["captions"]]
     vectors = model.encode_texts([m["captions"][0] for m in meta]).float().numpy()
-    out = {"catalog": args.catalog, "products": len(catalog), "queries": len(meta),
-           "caption_source": catalog.manifest.get("caption_source"), "weights": {}}  # fmt: skip
+    out = {
+        "catalog": args.catalog,
+        "products": len(catalog),
+        "queries": len(meta),
+        "caption_source": catalog.manifest.get("caption_source"),
+        "weights": {},
+    }
     for w in (float(x) for x in args.weights.split(",")):
         ranks, seconds = [], []
         for m, v in zip(meta, vectors, strict=True):
@@ -47,9 +52,11 @@ def main() -> None:
             got = [h.id for h in hits]
             ranks.append(got.index(m["id"]) + 1 if m["id"] in got else 11)
         ranks = np.asarray(ranks)
-        out["weights"][str(w)] = {"R@1": round(100 * float(np.mean(ranks == 1)), 1),
-                                  "R@10": round(100 * float(np.mean(ranks <= 10)), 1),
-                                  "search_ms": round(1000 * float(np.mean(seconds)), 2)}  # fmt: skip
+        out["weights"][str(w)] = {
+            "R@1": round(100 * float(np.mean(ranks == 1)), 1),
+            "R@10": round(100 * float(np.mean(ranks <= 10)), 1),
+            "search_ms": round(1000 * float(np.mean(seconds)), 2),
+        }
     print(json.dumps(out, indent=2))
 
 

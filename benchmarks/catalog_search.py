@@ -49,8 +49,11 @@ def measure(kind: str, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[d
         times.append(time.perf_counter() - t)
         found.append(ids[0])
     ms = np.asarray(times) * 1000
-    return {"build_s": round(build, 3), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3)}, np.asarray(found)  # fmt: skip
+    return {
+        "build_s": round(build, 3),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }, np.asarray(found)
 
 
 def main() -> None:
@@ -73,15 +76,21 @@ def main() -> None:
         if not len(texts):
             raise SystemExit(f"{args.catalog}: no caption vectors to use as text queries")
         pool = (cat.vectors.queries.reshape(-1, cat.dim), texts)
-    out = {"source": args.catalog or f"synthetic clustered, {args.dim} dims", "k": args.k, "queries": args.queries,
-           "sizes": {}}  # fmt: skip
+    out = {
+        "source": args.catalog or f"synthetic clustered, {args.dim} dims",
+        "k": args.k,
+        "queries": args.queries,
+        "sizes": {},
+    }
     for n in (int(s) for s in args.sizes.split(",")):
         base, queries = vectors_for(n, args.queries, pool, args.dim, rng)
         exact = np.argsort(-(queries @ base.T), axis=1)[:, : args.k]
         row = {}
         for kind in args.kinds.split(","):
             stats, found = measure(kind, base, queries, args.k)
-            stats["recall_at_k"] = round(float(np.mean([len(set(f) & set(e)) / args.k for f, e in zip(found, exact, strict=True)])), 4)  # fmt: skip
+            stats["recall_at_k"] = round(
+                float(np.mean([len(set(f) & set(e)) / args.k for f, e in zip(found, exact, strict=True)])), 4
+            )
             row[kind] = stats
         if "flat" in row:
             for stats in row.values():

@@ -24,8 +24,7 @@ from unifashion.data.formats import read_split
 from unifashion.data.synth.generate import SynthConfig, write_fashionsynth
 from unifashion.models.qformer import itc_loss, itm_loss
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.loop import autocast
-from unifashion.utils.hardware import quiet_libraries
+from unifashion.utils.hardware import autocast, quiet_libraries
 
 
 def qformer_steps(

@@ -19,15 +19,17 @@ from dataclasses import replace
 import torch
 
 from unifashion.backbones.feature_cache import FeatureCache
-from unifashion.captioning import generate_captions
 from unifashion.config import CaptionTrainingConfig
 from unifashion.data.formats import read_split
 from unifashion.evaluation.attributes import attribute_scores
 from unifashion.models.captioner import Captioner, Decoding
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.captioning import caption_items, image_queries, train_phase1b_captioner
-from unifashion.training.loop import LossLog, autocast
-from unifashion.utils.hardware import quiet_libraries
+from unifashion.pipelines.captioning import generate_captions
+from unifashion.pipelines.retrieval import image_queries
+from unifashion.training.data import caption_items
+from unifashion.training.loop import LossLog
+from unifashion.training.phase1 import train_phase1b_captioner
+from unifashion.utils.hardware import autocast, quiet_libraries
 
 
 @torch.no_grad()
@@ -91,15 +93,17 @@ def main() -> None:
         loss = heldout_itg(captioner, held_queries[rows], styles, answers, cfg.bf16)
         captions = generate_captions(captioner, held_queries, "attributes", Decoding("greedy", 60), progress=False)
         attrs = attribute_scores([p.attributes for p in held], captions)
-        results.append({
-            "lora_rank": rank,
-            "lora_alpha": 2 * rank,
-            "trainable_parameters": sum(p.numel() for p in captioner.parameters() if p.requires_grad),
-            "seconds_per_step": round(seconds / max(1, round(cfg.epochs * len(items) / cfg.batch_size)), 3),
-            "heldout_itg_loss": round(loss, 4),
-            "attributes_correct": round(attrs["correct"], 1),
-            "attributes_wrong": round(attrs["wrong"], 1),
-        })  # fmt: skip
+        results.append(
+            {
+                "lora_rank": rank,
+                "lora_alpha": 2 * rank,
+                "trainable_parameters": sum(p.numel() for p in captioner.parameters() if p.requires_grad),
+                "seconds_per_step": round(seconds / max(1, round(cfg.epochs * len(items) / cfg.batch_size)), 3),
+                "heldout_itg_loss": round(loss, 4),
+                "attributes_correct": round(attrs["correct"], 1),
+                "attributes_wrong": round(attrs["wrong"], 1),
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
     print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "runs": results}, indent=2))
 

@@ -46,9 +46,16 @@ def main() -> None:
         latents = gen.sample(states, mask, sampler=sampler, steps=steps, guidance_scale=args.guidance, seed=0)
         images = to_pixels(gen.decode_latents(latents))
         seconds = (time.perf_counter() - t0) / len(wanted)
-        rows.append({"sampler": sampler, "steps": steps, "spacing": spacing, "clip_range": clip,
-                     "colour_accuracy": round(accuracy([garment_colour(im) for im in images], wanted), 1),
-                     "seconds_per_image": round(seconds, 4)})  # fmt: skip
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                "spacing": spacing,
+                "clip_range": clip,
+                "colour_accuracy": round(accuracy([garment_colour(im) for im in images], wanted), 1),
+                "seconds_per_image": round(seconds, 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     gen.config = base
     print(json.dumps({"model": args.model, "split": args.split, "n": len(wanted), "settings": rows}, indent=1))

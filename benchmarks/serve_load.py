@@ -33,8 +33,11 @@ def free_port() -> int:
 
 
 def start_server(model: str, catalog: str, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "unifashion", "serve", "--model", model, "--catalog", catalog,
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unifashion", "serve", "--model", model, "--catalog", catalog, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     end = time.time() + 300
     while time.time() < end:
         if proc.poll() is not None:
@@ -61,8 +64,11 @@ def load_round(url: str, images: list[bytes], clients: int, seconds: float, with
                 image = images[(i * 7 + n) % len(images)]
                 t = time.perf_counter()
                 try:
-                    r = http.post("/api/search/composed", files={"image": ("ref.png", image, "image/png")},
-                                  data={"text": CHANGES[(i + n) % len(CHANGES)], "k": "12"})  # fmt: skip
+                    r = http.post(
+                        "/api/search/composed",
+                        files={"image": ("ref.png", image, "image/png")},
+                        data={"text": CHANGES[(i + n) % len(CHANGES)], "k": "12"},
+                    )
                     ok = r.status_code == 200 and len(r.json()["results"]) == 12
                     err = None if ok else f"{r.status_code}: {r.text[:200]}"
                 except httpx.HTTPError as exc:
@@ -101,9 +107,16 @@ def load_round(url: str, images: list[bytes], clients: int, seconds: float, with
         t.join()
     wall = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
-    out = {"clients": clients, "seconds": round(wall, 1), "requests": len(latencies),
-           "throughput_rps": round(len(latencies) / wall, 2), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-           "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": len(errors), "first_errors": errors[:3]}  # fmt: skip
+    out = {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(latencies),
+        "throughput_rps": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
     if with_generation:
         out["generation_jobs_done"] = generated["jobs"]
         out["generation_job_seconds"] = generated["seconds"]
@@ -126,8 +139,11 @@ def main() -> None:
     proc = start_server(args.model, args.catalog, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        result = {"products": len(cat), "cpu_cores": os.cpu_count(),
-                  "search_only": load_round(url, images, args.clients, args.seconds, False)}  # fmt: skip
+        result = {
+            "products": len(cat),
+            "cpu_cores": os.cpu_count(),
+            "search_only": load_round(url, images, args.clients, args.seconds, False),
+        }
         print(json.dumps(result["search_only"]), flush=True)
         if not args.no_generation_round:
             result["search_with_generation"] = load_round(url, images, args.clients, args.seconds, True)

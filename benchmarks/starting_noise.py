@@ -38,8 +38,14 @@ def main() -> None:
             t0 = time.perf_counter()
             latents = gen.sample(states, mask, sampler="dpm++", steps=20, guidance_scale=scale, noise=noise)
             colours = [garment_colour(im) for im in to_pixels(gen.decode_latents(latents))]
-            rows.append({"guidance": scale, "start": name, "colour_accuracy": round(accuracy(colours, wanted), 1),
-                         "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+            rows.append(
+                {
+                    "guidance": scale,
+                    "start": name,
+                    "colour_accuracy": round(accuracy(colours, wanted), 1),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"model": args.model, "split": args.split, "n": len(wanted), "settings": rows}, indent=1))
 

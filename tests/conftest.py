@@ -19,17 +19,116 @@ def shop(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("shop")
     data, retrieval, captioned, model, catalog = (root / n for n in ("fs", "ret", "cap", "model", "catalog"))
-    assert cli.main(["data", "synth", "--out", str(data), "--products", "48", "--size", "64", "--quiet",
-                     "--views", "1", "--layouts", "fashioniq", "--workers", "1"]) == 0  # fmt: skip
-    assert cli.main(["train", "retrieval", "--data", str(data), "--out", str(retrieval), "--preset", "tiny",
-                     "--phase1-epochs", "2", "--phase2-epochs", "1", "--batch-size", "16"]) == 0  # fmt: skip
-    assert cli.main(["train", "captioning", "--model", str(retrieval), "--data", str(data), "--out", str(captioned),
-                     "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--lora-rank", "4"]) == 0  # fmt: skip
-    assert cli.main(["train", "generation", "--model", str(captioned), "--data", str(data), "--out", str(model),
-                     "--tasks", "text2image,tryon", "--vae-steps", "4", "--steps", "4", "--tryon-steps", "2",
-                     "--batch-size", "4", "--no-bf16"]) == 0  # fmt: skip
-    assert cli.main(["catalog", "build", "--model", str(model), "--data", str(data), "--out", str(catalog),
-                     "--captions", "data", "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(data),
+                "--products",
+                "48",
+                "--size",
+                "64",
+                "--quiet",
+                "--views",
+                "1",
+                "--layouts",
+                "fashioniq",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "train",
+                "retrieval",
+                "--data",
+                str(data),
+                "--out",
+                str(retrieval),
+                "--preset",
+                "tiny",
+                "--phase1-epochs",
+                "2",
+                "--phase2-epochs",
+                "1",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "train",
+                "captioning",
+                "--model",
+                str(retrieval),
+                "--data",
+                str(data),
+                "--out",
+                str(captioned),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--lr",
+                "3e-3",
+                "--lora-rank",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "train",
+                "generation",
+                "--model",
+                str(captioned),
+                "--data",
+                str(data),
+                "--out",
+                str(model),
+                "--tasks",
+                "text2image,tryon",
+                "--vae-steps",
+                "4",
+                "--steps",
+                "4",
+                "--tryon-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--no-bf16",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "catalog",
+                "build",
+                "--model",
+                str(model),
+                "--data",
+                str(data),
+                "--out",
+                str(catalog),
+                "--captions",
+                "data",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return SimpleNamespace(root=root, data=data, model=model, catalog=catalog)
 
 
@@ -53,11 +152,20 @@ def save_tiny_clip(folder):
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=40, bos_token_id=bos, eos_token_id=eos,
-                pad_token_id=eos)  # fmt: skip
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8)  # fmt: skip
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=40,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
         folder, safe_serialization=True

@@ -83,7 +83,7 @@ def test_report_html_shows_tables_samples_and_curves(quickstart):
 
 
 def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):
-    from unifashion.models.unifashion import UniFashion
+    from unifashion.pipelines.unifashion import UniFashion
 
     model = UniFashion.from_pretrained(quickstart / "model")
     assert {"retrieval", "captioning", "text2image", "tryon", "design"} <= set(model.heads)
@@ -99,8 +99,7 @@ def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):
 
 def test_ablation_rows(quickstart, tmp_path):
     out = tmp_path / "ablation"
-    assert cli.main(["ablate", "--data", str(quickstart / "data"), "--out", str(out), "--size", "tiny",
-                     "--quiet"]) == 0  # fmt: skip
+    assert cli.main(["ablate", "--data", str(quickstart / "data"), "--out", str(out), "--size", "tiny", "--quiet"]) == 0
     rows = json.loads((out / "ablation.json").read_text())["rows"]
     assert list(rows) == ["qformer_only", "with_llm", "with_diffusion", "full"]
     for row in rows.values():

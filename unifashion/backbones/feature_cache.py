@@ -16,6 +16,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,25 @@ class FeatureCache:
         if not images:
             return torch.zeros(0, 0, self.encoder.feature_dim, dtype=torch.float16)
         return torch.from_numpy(np.stack(out))
+
+
+@dataclass
+class FeatureTable:
+    """Rows of frozen patch features (N, T, C) in float16, one per distinct image."""
+
+    index: dict[str, int]
+    feats: torch.Tensor
+
+    @classmethod
+    def build(cls, refs: list[ImageRef], cache: FeatureCache, progress: bool = True) -> FeatureTable:
+        unique: dict[str, ImageRef] = {}
+        for r in refs:
+            unique.setdefault(str(r), r)
+        feats = cache.features(list(unique.values()), progress=progress, desc="frozen image features")
+        return cls({k: i for i, k in enumerate(unique)}, feats)
+
+    def rows(self, refs: tuple[ImageRef, ...]) -> list[int]:
+        return [self.index[str(r)] for r in refs]
+
+    def batch(self, rows: list[int] | torch.Tensor) -> torch.Tensor:
+        return self.feats[torch.as_tensor(rows, dtype=torch.long)].float()

@@ -218,7 +218,8 @@ def load_efficientnet_lite0(config: VisionConfig) -> EfficientNetLite0Encoder:
         raise BackboneError(f"vision.feature_layer: expected 'head', 'blocks' or 'both', got {config.feature_layer!r}")
     if config.feature_dim != expected:
         raise BackboneError(
-            f"vision.feature_dim: feature_layer {config.feature_layer!r} gives {expected}, config says {config.feature_dim}"
+            f"vision.feature_dim: feature_layer {config.feature_layer!r} gives {expected}, "
+            f"config says {config.feature_dim}"
         )
     if config.image_size % 32:
         raise BackboneError(f"vision.image_size: EfficientNet-Lite0 needs a multiple of 32, got {config.image_size}")

@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from unifashion.catalog.index import APPROXIMATE_ABOVE
 from unifashion.catalog.store import Catalog, CatalogError, ProductEntry, ProductVectors
+from unifashion.checkpoint import CONFIG_FILE, QFORMER_WEIGHTS
+from unifashion.config import CAPTION_WEIGHT
 from unifashion.data.records import ImageRef, Product, encode_png
 from unifashion.utils.errors import DataError
 
@@ -32,15 +34,13 @@ from unifashion.utils.errors import DataError
 # ``data`` (the dataset's own first caption or title, as a shop's descriptions), ``auto``
 # (generated when the model has a caption head, else the data's), ``none``.
 CAPTION_MODES = ("auto", "generate", "data", "none")
-# Table 4's caption-assisted composed retrieval weight (unifashion eval retrieval's default).
-DEFAULT_CAPTION_WEIGHT = 0.25
 
 
 def model_fingerprint(model_path: str | os.PathLike) -> str:
     """Hash of the retrieval part of a checkpoint folder (what decides the vectors)."""
     folder = Path(model_path)
     h = hashlib.sha256()
-    for name in ("config.json", "qformer.safetensors"):
+    for name in (CONFIG_FILE, QFORMER_WEIGHTS):
         path = folder / name
         if not path.is_file():
             raise CatalogError(f"{folder}: not a UniFashion checkpoint folder (no {name})")
@@ -124,14 +124,23 @@ def embed_products(
     entries = []
     for p, ref, cap in zip(products, refs, generated, strict=True):
         data, mime = image_bytes(ref)
-        entries.append(ProductEntry(id=p.id, category=p.category, image=data, image_mime=mime, title=p.title,
-                                    captions=tuple(p.captions), generated_caption=cap.strip(),
-                                    attributes=dict(p.attributes)))  # fmt: skip
+        entries.append(
+            ProductEntry(
+                id=p.id,
+                category=p.category,
+                image=data,
+                image_mime=mime,
+                title=p.title,
+                captions=tuple(p.captions),
+                generated_caption=cap.strip(),
+                attributes=dict(p.attributes),
+            )
+        )
     return entries, ProductVectors(queries, means, caption_vecs), source
 
 
 def _load_model(model_path: str | os.PathLike):
-    from unifashion.models.unifashion import UniFashion
+    from unifashion.pipelines.unifashion import UniFashion
 
     return UniFashion.from_pretrained(model_path)
 
@@ -154,13 +163,22 @@ def build_catalog(
     """Embed the products of ``data`` with the model at ``model_path`` into a new version of ``out``."""
     model = _load_model(model_path)
     products = read_products(data, splits)[:limit]
-    entries, vectors, source = embed_products(model, products, captions=captions, style=style,
-                                              batch_size=batch_size, progress=progress)  # fmt: skip
+    entries, vectors, source = embed_products(
+        model, products, captions=captions, style=style, batch_size=batch_size, progress=progress
+    )
     if caption_weight is None:
-        caption_weight = DEFAULT_CAPTION_WEIGHT if source else 0.0
+        caption_weight = CAPTION_WEIGHT if source else 0.0
     info: dict[str, Any] = {"path": str(Path(model_path).resolve()), "fingerprint": model_fingerprint(model_path)}
-    return Catalog.create(out, entries, vectors, model=info, kind=kind, approximate_above=approximate_above,
-                          caption_weight=caption_weight, caption_source=source)  # fmt: skip
+    return Catalog.create(
+        out,
+        entries,
+        vectors,
+        model=info,
+        kind=kind,
+        approximate_above=approximate_above,
+        caption_weight=caption_weight,
+        caption_source=source,
+    )
 
 
 def check_model(catalog: Catalog, model_path: str | os.PathLike) -> None:
@@ -191,6 +209,12 @@ def add_to_catalog(
     model = _load_model(model_path)
     source = catalog.manifest.get("caption_source") or "none"
     mode, _, style = source.partition(":")  # the same caption source as the rest of the catalog
-    entries, vectors, _ = embed_products(model, read_products(data, splits), captions=mode, style=style or "description",
-                                         batch_size=batch_size, progress=progress)  # fmt: skip
+    entries, vectors, _ = embed_products(
+        model,
+        read_products(data, splits),
+        captions=mode,
+        style=style or "description",
+        batch_size=batch_size,
+        progress=progress,
+    )
     return catalog.add(entries, vectors, replace=replace)

@@ -18,8 +18,8 @@ Three indexes answer three kinds of query (same scores as ``unifashion eval retr
 ``queries`` holds each product's Q query vectors, for text and composed queries (Eq. 3: the best
 query); ``means`` holds each product's normalised mean query vector, for image queries (the
 image-only measure); ``captions`` holds the embedding of the caption the model generated for
-the product (or the dataset's own description), added with ``caption_weight`` (Table 4's caption-assisted retrieval). The indexes
-propose candidates; candidates are re-scored exactly from the stored vectors.
+the product (or the dataset's own description), added with ``caption_weight`` (Table 4's
+caption-assisted retrieval). The indexes propose candidates; candidates are re-scored exactly from the stored vectors.
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ class ProductVectors:
             or self.means.shape != (n, self.queries.shape[2])
             or self.captions.shape != self.means.shape
         ):
-            raise CatalogError(f"product vectors: expected queries (N, Q, e), means and captions (N, e); got "
-                               f"{self.queries.shape}, {self.means.shape}, {self.captions.shape}")  # fmt: skip
+            raise CatalogError(
+                f"product vectors: expected queries (N, Q, e), means and captions (N, e); got "
+                f"{self.queries.shape}, {self.means.shape}, {self.captions.shape}"
+            )
 
     def __len__(self) -> int:
         return self.queries.shape[0]
@@ -112,8 +114,11 @@ class ProductVectors:
 
     @staticmethod
     def concat(a: ProductVectors, b: ProductVectors) -> ProductVectors:
-        return ProductVectors(np.concatenate([a.queries, b.queries]), np.concatenate([a.means, b.means]),
-                              np.concatenate([a.captions, b.captions]))  # fmt: skip
+        return ProductVectors(
+            np.concatenate([a.queries, b.queries]),
+            np.concatenate([a.means, b.means]),
+            np.concatenate([a.captions, b.captions]),
+        )
 
 
 @dataclass(frozen=True)
@@ -164,8 +169,14 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def _write_db(path: Path, entries: Sequence[ProductEntry], rows: Sequence[int], *, base: Path | None = None,
-              drop_rows: Sequence[int] = ()) -> None:  # fmt: skip
+def _write_db(
+    path: Path,
+    entries: Sequence[ProductEntry],
+    rows: Sequence[int],
+    *,
+    base: Path | None = None,
+    drop_rows: Sequence[int] = (),
+) -> None:
     if base is not None:
         shutil.copyfile(base, path)
         con = sqlite3.connect(path)
@@ -177,10 +188,21 @@ def _write_db(path: Path, entries: Sequence[ProductEntry], rows: Sequence[int], 
             con.executemany("DELETE FROM products WHERE row = ?", [(int(r),) for r in drop_rows])
         con.executemany(
             "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(int(r), e.id, e.category, e.title, json.dumps(list(e.captions)), e.generated_caption,
-              json.dumps(e.attributes, sort_keys=True), sqlite3.Binary(e.image), e.image_mime)
-             for r, e in zip(rows, entries, strict=True)],
-        )  # fmt: skip
+            [
+                (
+                    int(r),
+                    e.id,
+                    e.category,
+                    e.title,
+                    json.dumps(list(e.captions)),
+                    e.generated_caption,
+                    json.dumps(e.attributes, sort_keys=True),
+                    sqlite3.Binary(e.image),
+                    e.image_mime,
+                )
+                for r, e in zip(rows, entries, strict=True)
+            ],
+        )
     if drop_rows:
         con.execute("VACUUM")
     con.close()
@@ -189,8 +211,15 @@ def _write_db(path: Path, entries: Sequence[ProductEntry], rows: Sequence[int], 
 def _save_vectors(path: Path, rows: np.ndarray, vectors: ProductVectors) -> None:
     from safetensors.numpy import save_file
 
-    save_file({"rows": np.ascontiguousarray(rows, dtype=np.int64), "queries": vectors.queries,
-               "means": vectors.means, "captions": vectors.captions}, os.fspath(path))  # fmt: skip
+    save_file(
+        {
+            "rows": np.ascontiguousarray(rows, dtype=np.int64),
+            "queries": vectors.queries,
+            "means": vectors.means,
+            "captions": vectors.captions,
+        },
+        os.fspath(path),
+    )
 
 
 def _index_ids(name: str, rows: np.ndarray, per_product: int) -> np.ndarray:
@@ -233,8 +262,10 @@ class Catalog:
         self._pos = {int(r): i for i, r in enumerate(self.rows.tolist())}
         self.dim = int(self.manifest["dim"])
         self.queries_per_product = int(self.manifest["queries_per_product"])
-        self.indexes = {name: VectorIndex.load(self.path / f"{name}.faiss", self.dim, self.manifest["kinds"][name])
-                        for name in INDEXES}  # fmt: skip
+        self.indexes = {
+            name: VectorIndex.load(self.path / f"{name}.faiss", self.dim, self.manifest["kinds"][name])
+            for name in INDEXES
+        }
         self._db = sqlite3.connect(f"file:{self.path / 'products.sqlite'}?mode=ro", uri=True, check_same_thread=False)
         self._db_lock = threading.Lock()
         with self._db_lock:
@@ -254,14 +285,18 @@ class Catalog:
         folder = Path(folder)
         version = _live_version(folder)
         if version is None:
-            raise CatalogError(f"{folder}: not a catalog (no CURRENT file); build one with "
-                               "`unifashion catalog build --model MODEL --data DIR --out CATALOG`")  # fmt: skip
+            raise CatalogError(
+                f"{folder}: not a catalog (no CURRENT file); build one with "
+                "`unifashion catalog build --model MODEL --data DIR --out CATALOG`"
+            )
         return cls(folder, version)
 
     @classmethod
-    def _write(cls, folder: Path, manifest: dict[str, Any], rows: np.ndarray, vectors: ProductVectors,
-               fill_db, make_indexes) -> Catalog:  # fmt: skip
-        """Write a new version with ``fill_db(path)`` and ``make_indexes() -> {name: VectorIndex}``, then make it live."""
+    def _write(
+        cls, folder: Path, manifest: dict[str, Any], rows: np.ndarray, vectors: ProductVectors, fill_db, make_indexes
+    ) -> Catalog:
+        """Write a new version with ``fill_db(path)`` and ``make_indexes() -> {name: VectorIndex}``, then
+        make it live."""
         with _writer_lock(folder):
             for stale in folder.glob(".building-*"):  # left by a writer that was killed
                 shutil.rmtree(stale, ignore_errors=True)
@@ -273,8 +308,13 @@ class Catalog:
                 _save_vectors(tmp / "vectors.safetensors", rows, vectors)
                 for name, index in make_indexes().items():
                     index.save(tmp / f"{name}.faiss")
-                manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION, "count": len(rows),
-                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+                manifest = {
+                    **manifest,
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "count": len(rows),
+                    "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
                 atomic_write_json(tmp / "catalog.json", manifest)
                 _fsync_tree(tmp)
                 os.rename(tmp, folder / version)
@@ -306,9 +346,16 @@ class Catalog:
         rows = np.arange(len(entries), dtype=np.int64)
         q, e = vectors.queries.shape[1:]
         kinds = _kinds(kind, len(entries) * q, len(entries), approximate_above)
-        manifest = {"dim": int(e), "queries_per_product": int(q), "kinds": kinds, "kind_requested": kind,
-                    "approximate_above": approximate_above, "caption_weight": caption_weight,
-                    "caption_source": caption_source, "model": model}  # fmt: skip
+        manifest = {
+            "dim": int(e),
+            "queries_per_product": int(q),
+            "kinds": kinds,
+            "kind_requested": kind,
+            "approximate_above": approximate_above,
+            "caption_weight": caption_weight,
+            "caption_source": caption_source,
+            "model": model,
+        }
 
         def make_indexes() -> dict[str, VectorIndex]:
             out = {}
@@ -325,12 +372,16 @@ class Catalog:
         data; otherwise an existing id is an error naming it)."""
         _check_entries(entries, vectors)
         if vectors.queries.shape[1:] != (self.queries_per_product, self.dim):
-            raise CatalogError(f"add: vectors of shape {vectors.queries.shape[1:]}, the catalog holds "
-                               f"({self.queries_per_product}, {self.dim}); embed with the catalog's model")  # fmt: skip
+            raise CatalogError(
+                f"add: vectors of shape {vectors.queries.shape[1:]}, the catalog holds "
+                f"({self.queries_per_product}, {self.dim}); embed with the catalog's model"
+            )
         clash = [e.id for e in entries if e.id in self._row_of]
         if clash and not replace:
-            raise CatalogError(f"add: {len(clash)} products already in {self.folder} (first: {clash[0]!r}); "
-                               "pass replace=True (--replace) to update them")  # fmt: skip
+            raise CatalogError(
+                f"add: {len(clash)} products already in {self.folder} (first: {clash[0]!r}); "
+                "pass replace=True (--replace) to update them"
+            )
         drop = [self._row_of[i] for i in clash]
         old_rows, old_vectors = self.without_rows(drop)
         start = int(self.rows.max()) + 1 if len(self.rows) else 0
@@ -414,10 +465,17 @@ class Catalog:
                 ).fetchall()
             }
         return [
-            {"id": g[1], "category": g[2], "title": g[3], "captions": json.loads(g[4]), "generated_caption": g[5],
-             "attributes": json.loads(g[6]), "image_mime": g[7]}
+            {
+                "id": g[1],
+                "category": g[2],
+                "title": g[3],
+                "captions": json.loads(g[4]),
+                "generated_caption": g[5],
+                "attributes": json.loads(g[6]),
+                "image_mime": g[7],
+            }
             for g in (got[r] for r in rows)
-        ]  # fmt: skip
+        ]
 
     def image(self, product_id: str) -> tuple[bytes, str]:
         """The product's image bytes and MIME type; KeyError if absent."""
@@ -495,8 +553,10 @@ class Catalog:
         caption = self.vectors.captions[pos] @ vector
         total = image + w * caption
         order = np.lexsort((cand, -total))[:k]  # best first; ties by row
-        return [Hit(self._ids[int(cand[i])], int(cand[i]), float(total[i]), float(image[i]), float(caption[i]))
-                for i in order]  # fmt: skip
+        return [
+            Hit(self._ids[int(cand[i])], int(cand[i]), float(total[i]), float(image[i]), float(caption[i]))
+            for i in order
+        ]
 
     def close(self) -> None:
         with self._db_lock:
@@ -508,9 +568,11 @@ class Catalog:
 
 def _kinds(kind: str, n_query_vectors: int, n_products: int, approximate_above: int) -> dict[str, str]:
     if kind == "auto":
-        return {"queries": auto_kind(n_query_vectors, approximate_above),
-                "means": auto_kind(n_products, approximate_above),
-                "captions": auto_kind(n_products, approximate_above)}  # fmt: skip
+        return {
+            "queries": auto_kind(n_query_vectors, approximate_above),
+            "means": auto_kind(n_products, approximate_above),
+            "captions": auto_kind(n_products, approximate_above),
+        }
     if kind not in KINDS or kind == "numpy":
         raise CatalogError(f"index kind: expected auto, flat, hnsw or ivf, got {kind!r}")
     return dict.fromkeys(INDEXES, kind)

@@ -16,8 +16,6 @@ Split names: ``train`` and ``validation`` (``val`` is accepted for the latter).
 
 from __future__ import annotations
 
-import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -57,19 +55,6 @@ def _split_of(path: Path) -> str | None:
 
 def splits(root: Path) -> list[str]:
     return sorted({s for p in _h5_files(root) + _jsonl_files(root) if (s := _split_of(p))})
-
-
-@functools.lru_cache(maxsize=8)
-def _open_h5(path: str, pid: int):
-    import h5py
-
-    return h5py.File(path, "r")
-
-
-def read_h5_image(path: str, key: str, index: int) -> np.ndarray:
-    """One stored image row; file handles are kept open per process."""
-    f = _open_h5(path, os.getpid())
-    return np.asarray(f[key][index], dtype=np.uint8)
 
 
 def _text(value) -> str:
@@ -187,9 +172,14 @@ def _read_jsonl(path: Path, split: str, problems: Problems, check_images: str, c
             continue
         g = groups.setdefault(
             str(pid),
-            {"images": [], "description": description.strip(), "category": category.lower(),
-             "sub": obj.get("subcategory"), "name": obj.get("name")},
-        )  # fmt: skip
+            {
+                "images": [],
+                "description": description.strip(),
+                "category": category.lower(),
+                "sub": obj.get("subcategory"),
+                "name": obj.get("name"),
+            },
+        )
         g["images"].append(ref)
     products = []
     for pid, g in groups.items():

@@ -116,8 +116,14 @@ def tryon_section(data: DatasetSplit, n: int) -> Image.Image | None:
     rows = []
     w, h = TILE * 3 // 4, TILE
     for s in data.tryon[:n]:
-        cells = [_thumb(s.person, w, h), _thumb(s.cloth, w, h), _thumb(s.agnostic, w, h), _thumb(s.agnostic_mask, w, h),
-                 _thumb(s.parse, w, h), _thumb(s.sketch, w, h)]  # fmt: skip
+        cells = [
+            _thumb(s.person, w, h),
+            _thumb(s.cloth, w, h),
+            _thumb(s.agnostic, w, h),
+            _thumb(s.agnostic_mask, w, h),
+            _thumb(s.parse, w, h),
+            _thumb(s.sketch, w, h),
+        ]
         block = _text_block(
             [(f"{s.id} · {s.category} · {'paired' if s.paired else 'unpaired'}", MUTED), (s.text or "", INK)], TILE * 2
         )
@@ -128,8 +134,15 @@ def tryon_section(data: DatasetSplit, n: int) -> Image.Image | None:
     return _stack([legend, *rows], True)
 
 
-def make_contact_sheet(root: str | Path, out: str | Path, fmt: str | None = None, split: str | None = None,
-                       products: int = 18, triplets: int = 4, tryon: int = 4) -> Path:  # fmt: skip
+def make_contact_sheet(
+    root: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    split: str | None = None,
+    products: int = 18,
+    triplets: int = 4,
+    tryon: int = 4,
+) -> Path:
     """Write a PNG contact sheet of ``root`` to ``out``; returns ``out``."""
     available = list_splits(root, fmt)
     if not available:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unifashion.data.hdf5 import read_h5_image
 from unifashion.utils.errors import DataError
 
 # Refuse images whose pixel count suggests a decompression bomb.
@@ -74,8 +75,6 @@ class ImageRef:
         """uint8 pixels; for HDF5 refs, the stored (H, W, 3) row."""
         if self.key is None:
             return np.asarray(self.open())
-        from unifashion.data.fashiongen import read_h5_image
-
         return read_h5_image(self.path, self.key, int(self.index or 0))
 
     def content_bytes(self) -> bytes:

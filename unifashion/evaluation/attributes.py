@@ -28,25 +28,56 @@ from unifashion.data.synth.attributes import (
 
 # Phrase -> value, matched as whole words, longest phrase first.
 CATEGORY_WORDS = {
-    "tank top": "toptee", "t-shirt": "toptee", "top": "toptee", "button-up shirt": "shirt", "shirt": "shirt",
-    "dress": "dress", "skirt": "skirt", "trousers": "trousers", "pants": "trousers", "shorts": "trousers",
+    "tank top": "toptee",
+    "t-shirt": "toptee",
+    "top": "toptee",
+    "button-up shirt": "shirt",
+    "shirt": "shirt",
+    "dress": "dress",
+    "skirt": "skirt",
+    "trousers": "trousers",
+    "pants": "trousers",
+    "shorts": "trousers",
     "jacket": "jacket",
-}  # fmt: skip
+}
 SLEEVE_WORDS = {
-    "sleeveless": "sleeveless", "tank top": "sleeveless", "short sleeve": "short", "short-sleeve": "short",
-    "long sleeve": "long", "long-sleeve": "long",
-}  # fmt: skip
-NECKLINE_WORDS = {"crewneck": "crew", "crew neck": "crew", "v-neck": "v-neck", "scoop neck": "scoop",
-                  "square neck": "square"}  # fmt: skip
+    "sleeveless": "sleeveless",
+    "tank top": "sleeveless",
+    "short sleeve": "short",
+    "short-sleeve": "short",
+    "long sleeve": "long",
+    "long-sleeve": "long",
+}
+NECKLINE_WORDS = {
+    "crewneck": "crew",
+    "crew neck": "crew",
+    "v-neck": "v-neck",
+    "scoop neck": "scoop",
+    "square neck": "square",
+}
 LENGTH_WORDS = {
-    "mini": "mini", "knee-length": "knee", "midi": "midi", "maxi": "maxi", "shorts": "shorts",
-    "cropped": "cropped", "full-length": "full", "hip-length": "hip", "longline": "long",
-}  # fmt: skip
+    "mini": "mini",
+    "knee-length": "knee",
+    "midi": "midi",
+    "maxi": "maxi",
+    "shorts": "shorts",
+    "cropped": "cropped",
+    "full-length": "full",
+    "hip-length": "hip",
+    "longline": "long",
+}
 PATTERN_WORDS = {
-    "solid": "solid", "plain": "solid", "striped": "stripes", "stripes": "stripes", "polka-dot": "polka dots",
-    "polka dots": "polka dots", "checked": "checks", "check pattern": "checks", "checks": "checks",
+    "solid": "solid",
+    "plain": "solid",
+    "striped": "stripes",
+    "stripes": "stripes",
+    "polka-dot": "polka dots",
+    "polka dots": "polka dots",
+    "checked": "checks",
+    "check pattern": "checks",
+    "checks": "checks",
     "floral": "floral",
-}  # fmt: skip
+}
 POCKET_WORDS = {"pocket at chest": "chest pocket", "chest pocket": "chest pocket"}
 
 _COLOUR = "|".join(sorted(COLOURS, key=len, reverse=True))

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from unifashion.backbones.feature_cache import FeatureCache
-from unifashion.captioning import generate_captions, load_captioning_model
 from unifashion.data.captions import style_texts
 from unifashion.data.records import DatasetSplit
 from unifashion.evaluation.attributes import attribute_scores
 from unifashion.models.captioner import Captioner, Decoding
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.captioning import image_queries
+from unifashion.pipelines.captioning import generate_captions, load_captioning_model
+from unifashion.pipelines.retrieval import image_queries
 
 SPICE_SKIPPED = "not computed: SPICE needs the Stanford CoreNLP models, a download this offline set-up does not make"
 # PTBTokenizer's punctuation list (pycocoevalcap/tokenizer/ptbtokenizer.py), for the no-Java fallback.
@@ -179,8 +179,9 @@ def evaluate_captioning_split(
             out["styles"][style] = {"skipped": f"no product of the split has a {style} caption"}
             continue
         t0 = time.perf_counter()
-        captions = generate_captions(captioner, queries[keep], style, decoding, batch_size=batch_size, bf16=bf16,
-                                     progress=progress)  # fmt: skip
+        captions = generate_captions(
+            captioner, queries[keep], style, decoding, batch_size=batch_size, bf16=bf16, progress=progress
+        )
         seconds = time.perf_counter() - t0
         ids = [products[i].id for i in keep]
         refs = {pid: style_texts(products[i], style) for pid, i in zip(ids, keep, strict=True)}
@@ -236,8 +237,9 @@ def evaluate_captioning(
             skipped = f"the data has no {baseline_split!r} split to take neighbours from"
     results = {}
     for split in splits:
-        results[split] = evaluate_captioning_split(model, captioner, read_split(data_root, split, fmt), cache,
-                                                   train=train, **kwargs)  # fmt: skip
+        results[split] = evaluate_captioning_split(
+            model, captioner, read_split(data_root, split, fmt), cache, train=train, **kwargs
+        )
         if skipped:
             results[split]["nearest_neighbour_skipped"] = skipped
     return {"model": str(model_path), "data": str(data_root), "splits": results}

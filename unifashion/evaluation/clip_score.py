@@ -107,7 +107,11 @@ class ClipScorer:
         metric = CLIPScore(model_name_or_path=lambda: (self.model, self.processor))
         device = next(self.model.parameters()).device
         for i in range(0, len(images), self.batch_size):
-            chunk = [torch.from_numpy(np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im).copy())
-                     .permute(2, 0, 1).to(device) for im in images[i : i + self.batch_size]]  # fmt: skip
+            chunk = [
+                torch.from_numpy(np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im).copy())
+                .permute(2, 0, 1)
+                .to(device)
+                for im in images[i : i + self.batch_size]
+            ]
             metric.update(chunk, list(texts[i : i + self.batch_size]))
         return round(float(metric.compute()), 3)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,45 +33,9 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from unifashion.data.synth.attributes import COLOURS
+from unifashion.checkpoint import HEAD_FOLDERS
+from unifashion.data.synth.attributes import garment_colour
 from unifashion.utils.errors import UniFashionError
-
-_COLOUR_NAMES = list(COLOURS)
-_PALETTE = np.array([COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32)  # (K, 3)
-
-
-# ---------------------------------------------------------------------------
-# garment colour from pixels
-
-
-def _palette_labels(pixels: np.ndarray) -> np.ndarray:
-    """Nearest palette colour of each pixel (P, 3), allowing for shading: each palette colour may be
-    scaled by 0.75-1.15 (the renderer's light and folds) before the distance is taken."""
-    p = pixels.astype(np.float32)
-    scale = np.clip((p @ _PALETTE.T) / (_PALETTE * _PALETTE).sum(1), 0.75, 1.15)  # (P, K)
-    dist = np.linalg.norm(p[:, None, :] - scale[..., None] * _PALETTE[None], axis=-1)
-    return dist.argmin(axis=1)
-
-
-def garment_colour(image: np.ndarray, mask: np.ndarray | None = None, threshold: float = 35.0) -> str | None:
-    """The dominant palette colour of the garment in a uint8 (H, W, 3) image.
-
-    Without ``mask``, the garment is whatever differs from the background by
-    more than ``threshold`` (background = median of a 2-pixel frame); with
-    ``mask`` (H, W), the pixels where it is > 0.5. None when under 2 % of the
-    image is garment."""
-    a = np.asarray(image, dtype=np.float32)
-    if mask is None:
-        frame = np.concatenate(
-            [a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3), a[:, -2:].reshape(-1, 3)]
-        )
-        fg = np.linalg.norm(a - np.median(frame, axis=0), axis=-1) > threshold
-    else:
-        fg = np.asarray(mask) > 0.5
-    pixels = a[fg]
-    if len(pixels) < 0.02 * a.shape[0] * a.shape[1]:
-        return None
-    return _COLOUR_NAMES[int(np.bincount(_palette_labels(pixels), minlength=len(_COLOUR_NAMES)).argmax())]
 
 
 def accuracy(predicted: Sequence[str | None], wanted: Sequence[str]) -> float:
@@ -127,8 +91,6 @@ class EncoderFeatures(nn.Module):
 def effnet_features(vision_config=None) -> MemoisedFeatures:
     """The offline FID network: EfficientNet-Lite0 (ImageNet weights), pooled 1280-d head features;
     with a ``tiny_cnn`` config, that random encoder (for tests)."""
-    from dataclasses import replace
-
     from unifashion.backbones.vision import load_vision_encoder
     from unifashion.config import VisionConfig
 
@@ -193,8 +155,9 @@ def image_embeddings(model, images: Sequence[np.ndarray | Image.Image], batch_si
 
 @torch.no_grad()
 def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
-    return torch.cat([model.qformer.text_embedding(model.tokenize(list(texts[i : i + batch_size]))).float()
-                      for i in range(0, len(texts), batch_size)])  # fmt: skip
+    """(N, e) normalised text embeddings."""
+    chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    return torch.cat([model.qformer.text_embedding(model.tokenize(list(c))).float() for c in chunks])
 
 
 def itc_score(model, images: Sequence, texts: Sequence[str]) -> float:
@@ -219,7 +182,7 @@ class CategoryReference:
 
 
 def category_reference(model, products, limit: int = 600, hw: tuple[int, int] = (64, 64)) -> CategoryReference:
-    from unifashion.generation import fit_image
+    from unifashion.pipelines.generation import fit_image
 
     chosen = products[:: max(1, len(products) // limit)][:limit]
     images = [fit_image(p.images[0].open(), hw) for p in chosen]
@@ -256,8 +219,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass
 class GenerationEvalConfig:
     limit: int = 300  # prompts (and try-on samples) per setting
-    sampler: str = "dpm++"
-    steps: int = 20
+    # None: each image head's own (its DiffusionConfig.sampler / .sampling_steps).
+    sampler: str | None = None
+    steps: int | None = None
     guidance_scale: float | None = None
     # Samplers compared side by side: (name, steps).
     sampler_sweep: tuple[tuple[str, int], ...] = (("plms", 50), ("ddim", 20), ("dpm++", 20))
@@ -271,18 +235,123 @@ class GenerationEvalConfig:
     clip_model: str | None = None
 
 
-def _generate(
-    gen, states, mask, extra, *, sampler, steps, guidance, seed, batch_size, progress, desc
-) -> tuple[list[np.ndarray], float]:
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How one image head samples in this run."""
+
+    sampler: str
+    steps: int
+    guidance: float | None
+    seed: int
+    batch_size: int
+    progress: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler}-{self.steps}"
+
+
+def resolve_sampling(gen, cfg: GenerationEvalConfig, progress: bool = True) -> SamplingPlan:
+    """The configured sampler and steps, or where they are None the head's own (``gen.config``,
+    its :class:`~unifashion.config.DiffusionConfig`)."""
+    return SamplingPlan(
+        sampler=gen.config.sampler if cfg.sampler is None else cfg.sampler,
+        steps=int(gen.config.sampling_steps if cfg.steps is None else cfg.steps),
+        guidance=cfg.guidance_scale,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
+
+
+@dataclass
+class Scorers:
+    """What generated images are measured with, built once per split."""
+
+    model: Any  # the retrieval model: ITC agreement, category by the nearest training image
+    networks: dict[str, nn.Module]  # FID/KID feature networks by name ("effnet", "inception")
+    clip: Any | None = None  # ClipScorer: the paper's CLIP-S
+    reference: CategoryReference | None = None  # labelled training images for the category
+
+
+def build_scorers(model, train, cfg: GenerationEvalConfig) -> tuple[Scorers, Any]:
+    """The scorers of a split and the feature cache of ``model``'s encoder (built in this order:
+    the tiny encoder's random weights come from the global seed)."""
+    from unifashion.backbones.feature_cache import FeatureCache
+
+    tiny = model.config.vision if model.config.vision.kind == "tiny_cnn" else None
+    networks: dict[str, nn.Module] = {"effnet": effnet_features(tiny)}
+    if cfg.inception_weights:
+        from unifashion.evaluation.inception import load_fid_inception
+
+        networks["inception"] = MemoisedFeatures(load_fid_inception(cfg.inception_weights), 2048)
+    clip = None
+    if cfg.clip_model:
+        from unifashion.evaluation.clip_score import ClipScorer
+
+        clip = ClipScorer(cfg.clip_model)
+    cache = FeatureCache(model.vision)
+    reference = category_reference(model, train.products) if train.products else None
+    return Scorers(model, networks, clip, reference), cache
+
+
+def agreement(scorers: Scorers, images: Sequence, texts: Sequence[str]) -> dict[str, float]:
+    """Text-image agreement: ``itc_score`` (ours), ``clip_score`` (CLIP-S) with a CLIP model."""
+    r = {"itc_score": itc_score(scorers.model, images, texts)}
+    if scorers.clip is not None:
+        r["clip_score"] = scorers.clip(images, texts)
+    return r
+
+
+def fids(scorers: Scorers, real: Sequence, fake: Sequence) -> dict[str, float]:
+    """FID and KID of ``fake`` against ``real`` under every feature network."""
+    r = {}
+    for name, net in scorers.networks.items():
+        fk = fid_kid(real, fake, net)
+        r[f"fid_{name}"] = fk["fid"]
+        r[f"kid_{name}_x1000"] = fk["kid_x1000"]
+        r[f"kid_{name}_std_x1000"] = fk["kid_std_x1000"]
+    return r
+
+
+def colour_accuracy(images: Sequence[np.ndarray], wanted: Sequence[str | None]) -> float:
+    """Colour accuracy (%): the garment colour measured from the pixels against the one asked."""
+    return round(accuracy([garment_colour(im) for im in images], wanted), 2)
+
+
+def score_images(scorers: Scorers, images: list[np.ndarray], seconds: float, wanted: dict[str, Any]) -> dict:
+    """Every figure of generated ``images`` against what was asked: ``wanted`` holds the ``real``
+    images (for FID), the ``colours`` and ``categories`` asked for and the ``texts`` given."""
+    r = {
+        "colour_accuracy": colour_accuracy(images, wanted["colours"]),
+        "category_accuracy": round(
+            accuracy(scorers.reference.classify(scorers.model, images), wanted["categories"]), 2
+        ),
+        **agreement(scorers, images, wanted["texts"]),
+        "seconds_per_image": round(seconds, 4),
+    }
+    r.update(fids(scorers, wanted["real"], images))
+    return r
+
+
+def _generate(gen, states, mask, extra, plan: SamplingPlan, desc: str) -> tuple[list[np.ndarray], float]:
+    """Images (H, W, 3) uint8 from conditions (N, L, d) in batches; and the seconds per image."""
     from unifashion.models.generator import to_pixels
 
     out: list[np.ndarray] = []
     t0 = time.perf_counter()
     n = states.shape[0]
-    for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        sl = slice(i, i + batch_size)
-        lat = gen.sample(states[sl], None if mask is None else mask[sl], None if extra is None else extra[sl],
-                         sampler=sampler, steps=steps, guidance_scale=guidance, seed=seed + i)  # fmt: skip
+    for i in tqdm(range(0, n, plan.batch_size), desc=desc, disable=not plan.progress, leave=False):
+        sl = slice(i, i + plan.batch_size)
+        lat = gen.sample(
+            states[sl],
+            None if mask is None else mask[sl],
+            None if extra is None else extra[sl],
+            sampler=plan.sampler,
+            steps=plan.steps,
+            guidance_scale=plan.guidance,
+            seed=plan.seed + i,
+        )
         out += list(to_pixels(gen.decode_latents(lat)))
     return out, (time.perf_counter() - t0) / max(1, n)
 
@@ -297,6 +366,13 @@ def _pad_states(chunks: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple
         states.append(torch.nn.functional.pad(s, (0, 0, 0, pad)))
         masks.append(torch.nn.functional.pad(m, (0, pad)))
     return torch.cat(states), torch.cat(masks)
+
+
+def _text_states(model, texts: Sequence[str], chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text conditions (N, L, d) and their mask (N, L), encoded ``chunk`` texts at a time."""
+    from unifashion.pipelines.generation import text_condition
+
+    return _pad_states([text_condition(model, texts[i : i + chunk]) for i in range(0, len(texts), chunk)])
 
 
 def _grid(path: Path, rows: list[tuple[str, list[np.ndarray]]], cell: int = 96) -> None:
@@ -326,212 +402,261 @@ def _grid(path: Path, rows: list[tuple[str, list[np.ndarray]]], cell: int = 96) 
     sheet.save(path)
 
 
-def evaluate_generation_split(model_path: str | os.PathLike, data_root, split: str, cfg: GenerationEvalConfig,
-                              fmt: str | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    from unifashion.backbones.feature_cache import FeatureCache
+# -- text -> image: prompts, the sampler sweep, the real-image ceiling
+
+
+def text_prompt_products(products: Sequence, limit: int) -> list:
+    """The products whose first caption is a prompt: those with a colour label when any has one."""
+    chosen = [p for p in products if p.captions and p.attributes.get("colour")][:limit]
+    return chosen or [p for p in products if p.captions][:limit]
+
+
+def asked_of(products: Sequence, texts: Sequence[str], hw: tuple[int, int]) -> dict[str, Any]:
+    """What a request for ``products`` asks: their real images (H, W, 3), colours, categories, texts."""
+    from unifashion.pipelines.generation import fit_image
+
+    return {
+        "real": [fit_image(p.images[0].open(), hw) for p in products],
+        "colours": [p.attributes.get("colour") for p in products],
+        "categories": [p.category for p in products],
+        "texts": list(texts),
+    }
+
+
+def real_image_ceiling(scorers: Scorers, asked: dict[str, Any]) -> dict[str, float]:
+    """The measurements on the real images: the best a generator can score under them."""
+    real = asked["real"]
+    return {
+        "colour_accuracy": colour_accuracy(real, asked["colours"]),
+        "category_accuracy": round(accuracy(scorers.reference.classify(scorers.model, real), asked["categories"]), 2),
+        **agreement(scorers, real, asked["texts"]),
+    }
+
+
+def sweep_samplers(gen, states, mask, plan: SamplingPlan, sweep, text_result: dict, scorers: Scorers, asked) -> dict:
+    """FID, colour accuracy and speed of each (sampler, steps) of ``sweep`` on the same prompts;
+    the run's own sampler is not sampled twice (its figures come from ``text_result``)."""
+    out = {}
+    for name, steps in sweep:
+        if (name, steps) == (plan.sampler, plan.steps):
+            out[plan.name] = {
+                k: v
+                for k, v in text_result.items()
+                if k.startswith(("fid_", "kid_")) or k in ("colour_accuracy", "seconds_per_image")
+            }
+            continue
+        other = replace(plan, sampler=name, steps=steps)
+        images, sec = _generate(gen, states, mask, None, other, desc=f"text -> image ({other.name})")
+        out[other.name] = {
+            **fids(scorers, asked["real"], images),
+            "colour_accuracy": colour_accuracy(images, asked["colours"]),
+            "seconds_per_image": round(sec, 4),
+        }
+    return out
+
+
+def evaluate_text_to_image(gen, plan: SamplingPlan, products: Sequence, scorers: Scorers, sweep) -> tuple[dict, list]:
+    """``text`` (with the sampler used), ``real_images`` (the ceiling) and ``samplers`` (the sweep);
+    and the rows of the text sample sheet."""
+    asked = asked_of(products, [p.captions[0] for p in products], gen.image_hw)
+    states, mask = _text_states(scorers.model, asked["texts"])  # (N, L, d), (N, L)
+    images, sec = _generate(gen, states, mask, None, plan, desc=f"text -> image ({plan.name})")
+    text = {
+        "sampler": plan.sampler,
+        "steps": plan.steps,
+        "n": len(products),
+        **score_images(scorers, images, sec, asked),
+    }
+    out = {"text": text, "real_images": real_image_ceiling(scorers, asked)}
+    out["samplers"] = sweep_samplers(gen, states, mask, plan, sweep, text, scorers, asked)
+    return out, [(asked["texts"][i], [images[i], asked["real"][i]]) for i in range(min(16, len(products)))]
+
+
+# -- composed (reference image + guidance text) -> image, and the guidance text alone
+
+
+def evaluate_composed(gen, plan: SamplingPlan, trips: Sequence, by_id: dict, scorers: Scorers, cache, samples_dir):
+    """``composed``: images from the reference's features and the guidance text (Eq. 9 query);
+    ``composed_text_only``: the same requests as text only (the guidance text alone, not the
+    target's caption). Both are scored against the targets."""
+    from unifashion.pipelines.generation import composed_condition, fit_image, image_features
+
+    refs = [by_id[t.reference].images[0] for t in trips]
+    texts = [t.query_text() for t in trips]
+    feats = image_features(scorers.model, refs, cache)
+    chunks = [composed_condition(scorers.model, feats[i : i + 64], texts[i : i + 64]) for i in range(0, len(trips), 64)]
+    states, mask = _pad_states(chunks)  # (T, L, d), (T, L)
+    asked = asked_of([by_id[t.target] for t in trips], texts, gen.image_hw)
+    composed, sec = _generate(gen, states, mask, None, plan, desc="composed -> image")
+    out = {"composed": {"n": len(trips), **score_images(scorers, composed, sec, asked)}}
+    tstates, tmask = _text_states(scorers.model, texts)
+    text_only, sec = _generate(gen, tstates, tmask, None, plan, desc="guidance text only")
+    out["composed_text_only"] = {"n": len(trips), **score_images(scorers, text_only, sec, asked)}
+    if samples_dir:
+        ref_px = [fit_image(r.open(), gen.image_hw) for r in refs[:12]]
+        rows = [(texts[i], [ref_px[i], composed[i], asked["real"][i]]) for i in range(len(ref_px))]
+        _grid(samples_dir / "composed.png", rows)
+    return out
+
+
+def evaluate_text_head(folder: Path, data, by_id: dict, scorers: Scorers, cache, cfg, progress, samples_dir) -> dict:
+    """Everything the text2image head is scored on: text prompts, their samplers, composed requests."""
+    from unifashion.pipelines.generation import load_image_head
+
+    gen = load_image_head(folder, "text2image")
+    plan = resolve_sampling(gen, cfg, progress)
+    products = text_prompt_products(data.products, cfg.limit)
+    out, text_rows = evaluate_text_to_image(gen, plan, products, scorers, cfg.sampler_sweep)
+    trips = [t for t in data.triplets if t.target in by_id and t.reference in by_id and t.captions][: cfg.limit]
+    if trips:
+        out.update(evaluate_composed(gen, plan, trips, by_id, scorers, cache, samples_dir))
+    if samples_dir:
+        _grid(samples_dir / "text.png", text_rows)
+    return out
+
+
+# -- try-on and design: per setting (paired, unpaired)
+
+
+def person_samples(data, task: str) -> list:
+    """The split's try-on samples a ``task`` head can take (design also needs a text and a sketch)."""
+    samples = [s for s in data.tryon if s.agnostic_mask is not None and s.pose is not None]
+    if task == "design":
+        samples = [s for s in samples if s.text and s.sketch is not None]
+    return samples
+
+
+def person_condition(task: str, model, chosen: Sequence, cache) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Try-on: the garment image's query tokens; design: the garment text."""
+    from unifashion.pipelines.generation import image_condition, image_features
+
+    if task == "tryon":
+        return image_condition(model, image_features(model, [s.cloth for s in chosen], cache))
+    return _text_states(model, [s.text for s in chosen])
+
+
+def _masked_colour_accuracy(images: np.ndarray, masks: np.ndarray, wanted: Sequence[str | None]) -> float:
+    """Colour accuracy (%) with the colour measured inside each garment mask."""
+    return round(accuracy([garment_colour(im, m) for im, m in zip(images, masks, strict=True)], wanted), 2)
+
+
+def person_figures(paired: bool, chosen: Sequence, raw, pasted, persons, masks, by_id: dict) -> dict:
+    """The figures of one try-on/design setting from generated (``raw``, then ``pasted`` back onto
+    the person) and real ``persons`` (B, H, W, 3) under garment ``masks`` (B, H, W)."""
+    wanted = [by_id[s.cloth_id].attributes.get("colour") if s.cloth_id in by_id else None for s in chosen]
+    real_wanted = [
+        by_id[s.cloth_id].attributes.get("colour") if s.paired and s.cloth_id in by_id else None for s in chosen
+    ]
+    return {
+        "n": len(chosen),
+        "outside_mask_change_raw": round(outside_mask_change(raw, persons, masks), 3),
+        "outside_mask_change_pasted": round(outside_mask_change(pasted, persons, masks), 3),
+        "colour_accuracy": _masked_colour_accuracy(pasted, masks, wanted),
+        "colour_accuracy_real": _masked_colour_accuracy(persons, masks, real_wanted) if paired else None,
+    }
+
+
+def evaluate_person_setting(task, gen, plan, chosen, paired: bool, by_id, scorers, cache, samples_dir) -> dict:
+    """One setting (paired or unpaired) of a try-on/design head: generate, paste the person back, measure."""
+    from unifashion.pipelines.generation import fit_image, paste_back, sample_inputs
+
+    setting = "paired" if paired else "unpaired"
+    inputs = [sample_inputs(gen, chosen[i : i + 64]) for i in range(0, len(chosen), 64)]
+    extra = torch.cat([x.extra for x in inputs])
+    masks = np.concatenate([x.masks for x in inputs])  # (B, H, W)
+    persons = np.stack([fit_image(s.person.open(), gen.image_hw) for s in chosen])  # (B, H, W, 3)
+    states, mask = person_condition(task, scorers.model, chosen, cache)
+    raw, sec = _generate(gen, states, mask, extra, plan, desc=f"{task} ({setting})")
+    raw = np.stack(raw)
+    pasted = paste_back(raw, persons, masks)
+    r = person_figures(paired, chosen, raw, pasted, persons, masks, by_id)
+    r["seconds_per_image"] = round(sec, 4)
+    r.update(fids(scorers, list(persons), list(pasted)))
+    if task == "design" and scorers.clip is not None:
+        design_texts = [s.text for s in chosen]
+        r["clip_score"] = scorers.clip(list(pasted), design_texts)
+        if paired:
+            r["clip_score_real"] = scorers.clip(list(persons), design_texts)
+    if paired:
+        r["ssim"] = round(ssim(pasted, persons), 4)
+        r["l1"] = round(float(np.abs(pasted.astype(np.float32) - persons).mean()), 3)
+    if samples_dir:
+        cloth_px = [fit_image(s.cloth.open(), gen.image_hw) for s in chosen[:12]]
+        rows = [(s.text or s.id, [persons[i], cloth_px[i], pasted[i]]) for i, s in enumerate(chosen[:12])]
+        _grid(samples_dir / f"{task}_{setting}.png", rows)
+    return r
+
+
+def evaluate_person_head(task, folder: Path, data, by_id, scorers, cache, cfg, progress, samples_dir) -> dict:
+    """A try-on or design head in the paired and unpaired settings (each with at least 2 samples)."""
+    from unifashion.pipelines.generation import load_image_head
+
+    gen = load_image_head(folder, task)
+    plan = resolve_sampling(gen, cfg, progress)
+    samples = person_samples(data, task)
+    res: dict[str, Any] = {}
+    for setting, paired in (("paired", True), ("unpaired", False)):
+        chosen = [s for s in samples if s.paired == paired][: cfg.limit]
+        if len(chosen) >= 2:
+            res[setting] = evaluate_person_setting(task, gen, plan, chosen, paired, by_id, scorers, cache, samples_dir)
+    return res
+
+
+def evaluate_generation_split(
+    model_path: str | os.PathLike,
+    data_root,
+    split: str,
+    cfg: GenerationEvalConfig,
+    fmt: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every generation figure of one split, for each image head the checkpoint has."""
     from unifashion.data.formats import read_split
-    from unifashion.generation import (
-        composed_condition,
-        fit_image,
-        image_features,
-        load_image_head,
-        paste_back,
-        sample_inputs,
-        text_condition,
-    )
     from unifashion.models.retrieval import RetrievalModel
 
     folder = Path(model_path)
     model = RetrievalModel.from_pretrained(folder).eval()
     data = read_split(data_root, split, fmt)
     train = read_split(data_root, "train", fmt)
-    networks = {"effnet": effnet_features(model.config.vision if model.config.vision.kind == "tiny_cnn" else None)}
-    if cfg.inception_weights:
-        from unifashion.evaluation.inception import load_fid_inception
-
-        networks["inception"] = MemoisedFeatures(load_fid_inception(cfg.inception_weights), 2048)
-    clip_s = None
-    if cfg.clip_model:
-        from unifashion.evaluation.clip_score import ClipScorer
-
-        clip_s = ClipScorer(cfg.clip_model)
-
-    def agreement(images, texts) -> dict[str, float]:
-        r = {"itc_score": itc_score(model, images, texts)}
-        if clip_s is not None:
-            r["clip_score"] = clip_s(images, texts)
-        return r
-
-    def fids(real_set, fake_set) -> dict[str, float]:
-        r = {}
-        for name, net in networks.items():
-            fk = fid_kid(real_set, fake_set, net)
-            r.update(
-                {
-                    f"fid_{name}": fk["fid"],
-                    f"kid_{name}_x1000": fk["kid_x1000"],
-                    f"kid_{name}_std_x1000": fk["kid_std_x1000"],
-                }
-            )
-        return r
-
-    cache = FeatureCache(model.vision)
-    reference = category_reference(model, train.products) if train.products else None
+    scorers, cache = build_scorers(model, train, cfg)
     by_id = {**train.product_map(), **data.product_map()}
-    out: dict[str, Any] = {"split": split, "limit": cfg.limit}
     samples_dir = Path(cfg.samples_dir) / split if cfg.samples_dir else None
-    common = {"guidance": cfg.guidance_scale, "seed": cfg.seed, "batch_size": cfg.batch_size, "progress": progress}
-
-    has_products = len([p for p in data.products if p.captions]) >= 2 and reference is not None
-    if (folder / "generator").is_dir() and not has_products:
-        out["text"] = {"skipped": f"split {split!r} has fewer than 2 captioned products (or train has none)"}
-    if (folder / "generator").is_dir() and has_products:
-        gen = load_image_head(folder, "text2image")
-        hw = gen.image_hw
-        products = [p for p in data.products if p.captions and p.attributes.get("colour")][: cfg.limit]
-        if not products:
-            products = [p for p in data.products if p.captions][: cfg.limit]
-        prompts = [p.captions[0] for p in products]
-        real = [fit_image(p.images[0].open(), hw) for p in products]
-        colours = [p.attributes.get("colour") for p in products]
-        cats = [p.category for p in products]
-        ceiling = {"colour_accuracy": round(accuracy([garment_colour(r) for r in real], colours), 2),
-                   "category_accuracy": round(accuracy(reference.classify(model, real), cats), 2)}  # fmt: skip
-        states, mask = _pad_states([text_condition(model, prompts[i : i + 64]) for i in range(0, len(prompts), 64)])
-
-        def score(images: list[np.ndarray], seconds: float, real_set, colours_wanted, cats_wanted, texts) -> dict:
-            r = {"colour_accuracy": round(accuracy([garment_colour(im) for im in images], colours_wanted), 2),
-                 "category_accuracy": round(accuracy(reference.classify(model, images), cats_wanted), 2),
-                 **agreement(images, texts), "seconds_per_image": round(seconds, 4)}  # fmt: skip
-            r.update(fids(real_set, images))
-            return r
-
-        text_images, sec = _generate(gen, states, mask, None, sampler=cfg.sampler, steps=cfg.steps,
-                                     desc=f"text -> image ({cfg.sampler}-{cfg.steps})", **common)  # fmt: skip
-        out["text"] = {"sampler": cfg.sampler, "steps": cfg.steps, "n": len(prompts),
-                       **score(text_images, sec, real, colours, cats, prompts)}  # fmt: skip
-        out["real_images"] = {**ceiling, **agreement(real, prompts)}
-        sweep = {}
-        for name, steps in cfg.sampler_sweep:
-            if (name, steps) == (cfg.sampler, cfg.steps):
-                sweep[f"{name}-{steps}"] = {
-                    k: v
-                    for k, v in out["text"].items()
-                    if k.startswith(("fid_", "kid_")) or k in ("colour_accuracy", "seconds_per_image")
-                }
-                continue
-            images, sec = _generate(
-                gen, states, mask, None, sampler=name, steps=steps, desc=f"text -> image ({name}-{steps})", **common
-            )
-            sweep[f"{name}-{steps}"] = {**fids(real, images), "colour_accuracy": round(accuracy([garment_colour(im) for im in images], colours), 2),
-                                        "seconds_per_image": round(sec, 4)}  # fmt: skip
-        out["samplers"] = sweep
-
-        trips = [t for t in data.triplets if t.target in by_id and t.reference in by_id and t.captions][: cfg.limit]
-        if trips:
-            refs = [by_id[t.reference].images[0] for t in trips]
-            texts = [t.query_text() for t in trips]
-            feats = image_features(model, refs, cache)
-            cstates, cmask = _pad_states(
-                [composed_condition(model, feats[i : i + 64], texts[i : i + 64]) for i in range(0, len(trips), 64)]
-            )
-            comp_images, sec = _generate(
-                gen, cstates, cmask, None, sampler=cfg.sampler, steps=cfg.steps, desc="composed -> image", **common
-            )
-            targets = [by_id[t.target] for t in trips]
-            real_t = [fit_image(p.images[0].open(), hw) for p in targets]
-            out["composed"] = {"n": len(trips), **score(comp_images, sec, real_t, [p.attributes.get("colour") for p in targets],
-                                                        [p.category for p in targets], [t.query_text() for t in trips])}  # fmt: skip
-            # The same requests as text only (the target's own caption is not given: the guidance text alone).
-            tstates, tmask = _pad_states([text_condition(model, texts[i : i + 64]) for i in range(0, len(texts), 64)])
-            tonly, sec = _generate(
-                gen, tstates, tmask, None, sampler=cfg.sampler, steps=cfg.steps, desc="guidance text only", **common
-            )
-            out["composed_text_only"] = {"n": len(trips), **score(tonly, sec, real_t, [p.attributes.get("colour") for p in targets],
-                                                                  [p.category for p in targets], texts)}  # fmt: skip
-            if samples_dir:
-                ref_px = [fit_image(r.open(), hw) for r in refs[:12]]
-                _grid(
-                    samples_dir / "composed.png",
-                    [(texts[i], [ref_px[i], comp_images[i], real_t[i]]) for i in range(len(ref_px))],
-                )
-        if samples_dir:
-            _grid(
-                samples_dir / "text.png",
-                [(prompts[i], [text_images[i], real[i]]) for i in range(min(16, len(prompts)))],
-            )
-
+    out: dict[str, Any] = {"split": split, "limit": cfg.limit}
+    if (folder / HEAD_FOLDERS["text2image"]).is_dir():
+        if len([p for p in data.products if p.captions]) >= 2 and scorers.reference is not None:
+            out.update(evaluate_text_head(folder, data, by_id, scorers, cache, cfg, progress, samples_dir))
+        else:
+            out["text"] = {"skipped": f"split {split!r} has fewer than 2 captioned products (or train has none)"}
     for task in ("tryon", "design"):
-        if not (folder / task).is_dir():
-            continue
-        gen = load_image_head(folder, task)
-        samples = [s for s in data.tryon if s.agnostic_mask is not None and s.pose is not None]
-        if task == "design":
-            samples = [s for s in samples if s.text and s.sketch is not None]
-        res: dict[str, Any] = {}
-        for setting, paired in (("paired", True), ("unpaired", False)):
-            chosen = [s for s in samples if s.paired == paired][: cfg.limit]
-            if len(chosen) < 2:
-                continue
-            inputs = [sample_inputs(gen, chosen[i : i + 64]) for i in range(0, len(chosen), 64)]
-            extra = torch.cat([x.extra for x in inputs])
-            masks = np.concatenate([x.masks for x in inputs])
-            persons = np.stack([fit_image(s.person.open(), gen.image_hw) for s in chosen])
-            if task == "tryon":
-                feats = image_features(model, [s.cloth for s in chosen], cache)
-                from unifashion.generation import image_condition
-
-                states, mask = image_condition(model, feats)
-            else:
-                states, mask = _pad_states(
-                    [text_condition(model, [s.text for s in chosen[i : i + 64]]) for i in range(0, len(chosen), 64)]
-                )
-            raw, sec = _generate(
-                gen, states, mask, extra, sampler=cfg.sampler, steps=cfg.steps, desc=f"{task} ({setting})", **common
-            )
-            raw = np.stack(raw)
-            pasted = paste_back(raw, persons, masks)
-            wanted = [by_id[s.cloth_id].attributes.get("colour") if s.cloth_id in by_id else None for s in chosen]
-            r = {
-                "n": len(chosen),
-                "outside_mask_change_raw": round(outside_mask_change(raw, persons, masks), 3),
-                "outside_mask_change_pasted": round(outside_mask_change(pasted, persons, masks), 3),
-                "colour_accuracy": round(accuracy([garment_colour(im, m) for im, m in zip(pasted, masks, strict=True)], wanted), 2),
-                "colour_accuracy_real": round(accuracy([garment_colour(im, m) for im, m in zip(persons, masks, strict=True)],
-                                                       [by_id[s.cloth_id].attributes.get("colour") if s.paired and s.cloth_id in by_id else None for s in chosen]), 2)
-                if paired else None,
-                "seconds_per_image": round(sec, 4),
-            }  # fmt: skip
-            r.update(fids(list(persons), list(pasted)))
-            if task == "design" and clip_s is not None:
-                design_texts = [s.text for s in chosen]
-                r["clip_score"] = clip_s(list(pasted), design_texts)
-                if paired:
-                    r["clip_score_real"] = clip_s(list(persons), design_texts)
-            if paired:
-                r["ssim"] = round(ssim(pasted, persons), 4)
-                r["l1"] = round(float(np.abs(pasted.astype(np.float32) - persons).mean()), 3)
-            res[setting] = r
-            if samples_dir:
-                cloth_px = [fit_image(s.cloth.open(), gen.image_hw) for s in chosen[:12]]
-                _grid(samples_dir / f"{task}_{setting}.png",
-                      [(s.text or s.id, [persons[i], cloth_px[i], pasted[i]]) for i, s in enumerate(chosen[:12])])  # fmt: skip
-        out[task] = res
+        if (folder / task).is_dir():
+            out[task] = evaluate_person_head(task, folder, data, by_id, scorers, cache, cfg, progress, samples_dir)
     if len(out) == 2:
         raise UniFashionError(f"{folder}: no image head (generator/, tryon/ or design/); train one first")
     return out
 
 
-def evaluate_generation(model_path, data_root, splits: Sequence[str], cfg: GenerationEvalConfig | None = None,
-                        fmt: str | None = None, json_path: str | os.PathLike | None = None, progress: bool = True) -> dict:  # fmt: skip
+def evaluate_generation(
+    model_path,
+    data_root,
+    splits: Sequence[str],
+    cfg: GenerationEvalConfig | None = None,
+    fmt: str | None = None,
+    json_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
     from unifashion.utils.io import atomic_write_json
 
     cfg = cfg or GenerationEvalConfig()
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     nets = "efficientnet-lite0 (fid_effnet)" + (", FID Inception-v3 (fid_inception)" if cfg.inception_weights else "")
-    result = {"model": str(model_path), "data": str(data_root), "feature_networks": nets, "clip_model": cfg.clip_model,
-              "splits": {s: evaluate_generation_split(model_path, data_root, s, cfg, fmt, progress) for s in splits}}  # fmt: skip
+    result = {
+        "model": str(model_path),
+        "data": str(data_root),
+        "feature_networks": nets,
+        "clip_model": cfg.clip_model,
+        "splits": {s: evaluate_generation_split(model_path, data_root, s, cfg, fmt, progress) for s in splits},
+    }
     result["seconds"] = round(time.perf_counter() - started, 1)
     if json_path:
         atomic_write_json(Path(json_path), result)

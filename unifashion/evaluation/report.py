@@ -331,7 +331,8 @@ def cir_table(cir: Any) -> str:
 
 
 def _figure(out_dir: Path, image: Any, caption: Any = "", match: bool = False) -> str:
-    """A thumbnail of ``out_dir/image`` with a caption; a green border when ``match``; a grey box if the file is missing."""
+    """A thumbnail of ``out_dir/image`` with a caption; a green border when ``match``; a grey box if
+    the file is missing."""
     cls = ' class="match"' if match is True else ""
     text = f"<figcaption>{_esc(caption)}</figcaption>" if caption not in (None, "") else ""
     if not isinstance(image, str) or not (out_dir / image).is_file():

@@ -33,90 +33,26 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+from unifashion.checkpoint import CAPTION_FOLDER
+from unifashion.config import CAPTION_WEIGHT
 from unifashion.data.records import DatasetSplit
 from unifashion.evaluation import protocols as P
 from unifashion.models.qformer import max_over_queries
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.data import FeatureTable
-from unifashion.training.loop import autocast
+from unifashion.pipelines.retrieval import EncodedImages, encode_composed, encode_images, encode_texts, itm_scores
 from unifashion.utils.io import atomic_write_bytes, atomic_write_json
 
-# Caption weights w of the fused CIR score reported side by side.
+# Caption weights w of the fused CIR score reported side by side (the default w is config.CAPTION_WEIGHT).
 FUSION_SWEEP = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-# The default w, chosen on FashionSynth's `test` split (not on `val` or `novel`, where it is reported):
-# 0.25 -> 98.14, 0 -> 98.11, 1 -> 97.87 (README, captioning section).
-CAPTION_WEIGHT = 0.25
-
-
-@dataclass
-class EncodedImages:
-    table: FeatureTable
-    embeds: torch.Tensor  # (M, Q, e) normalised query projections
-    vectors: torch.Tensor  # (M, e) their normalised mean: one vector per image (image-only baseline)
-
-
-@torch.no_grad()
-def encode_images(
-    model: RetrievalModel, table: FeatureTable, batch_size: int = 128, bf16: bool = True, progress: bool = False
-) -> EncodedImages:
-    qf = model.qformer.eval()
-    chunks = []
-    n = table.feats.shape[0]
-    for start in tqdm(range(0, n, batch_size), desc="image embeddings", disable=not progress, leave=False):
-        with autocast(bf16):
-            chunks.append(qf.image_embeddings(table.batch(list(range(start, min(n, start + batch_size))))).float())
-    embeds = torch.cat(chunks) if chunks else torch.zeros(0, qf.num_queries, qf.config.embed_dim)
-    return EncodedImages(table, embeds, F.normalize(embeds.mean(dim=1), dim=-1))
-
-
-def _in_batches(fn, n: int, batch_size: int, bf16: bool, empty: torch.Tensor) -> torch.Tensor:
-    """``fn(start, stop)`` over ``range(n)`` in batches, under autocast, concatenated in float32."""
-    out = []
-    for start in range(0, n, batch_size):
-        with autocast(bf16):
-            out.append(fn(start, min(n, start + batch_size)).float())
-    return torch.cat(out) if out else empty
-
-
-@torch.no_grad()
-def encode_texts(model: RetrievalModel, texts: list[str], batch_size: int = 128, bf16: bool = True) -> torch.Tensor:
-    qf = model.qformer
-    return _in_batches(
-        lambda a, b: qf.text_embedding(model.tokenize(texts[a:b])),
-        len(texts), batch_size, bf16, torch.zeros(0, qf.config.embed_dim),
-    )  # fmt: skip
-
-
-@torch.no_grad()
-def encode_composed(
-    model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
-) -> torch.Tensor:
-    qf = model.qformer
-    return _in_batches(
-        lambda a, b: qf.composed_embedding(feats[a:b].float(), model.tokenize(texts[a:b])),
-        len(texts), batch_size, bf16, torch.zeros(0, qf.config.embed_dim),
-    )  # fmt: skip
-
-
-@torch.no_grad()
-def itm_scores(
-    model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
-) -> np.ndarray:
-    """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair."""
-    logits = _in_batches(
-        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(texts[a:b])),
-        len(texts), batch_size, bf16, torch.zeros(0, 2),
-    )  # fmt: skip
-    return (logits[:, 1] - logits[:, 0]).numpy()
 
 
 def _metrics(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -211,6 +147,155 @@ def evaluate_cmr(
     return result, dump
 
 
+CIR_VARIANTS = (
+    "composed",
+    "composed_itm",
+    "composed_captions",
+    "composed_fused",
+    "image_only",
+    "text_only",
+    "late_fusion",
+)
+CIR_BASELINES = ("image_only", "text_only", "late_fusion")
+
+
+def cir_triplets_by_category(data: DatasetSplit, products: dict) -> dict[str, list]:
+    """The split's labelled triplets (reference and target among its products), per category."""
+    by_cat: dict[str, list] = defaultdict(list)
+    for t in data.triplets:
+        if t.target is not None and t.reference in products and t.target in products:
+            by_cat[t.category].append(t)
+    return by_cat
+
+
+def usable_candidate_captions(
+    candidate_captions: dict[str, str] | None, products: dict, categories
+) -> tuple[dict[str, str] | None, str | None]:
+    """The candidate captions when every product of the searched categories has one; else None and
+    why (the caption variants are then skipped rather than run on part of the index)."""
+    if candidate_captions is None:
+        return None, None
+    absent = sorted(
+        pid
+        for pid, p in products.items()
+        if p.category in categories and not (candidate_captions.get(pid) or "").strip()
+    )
+    if absent:
+        return None, f"no candidate caption for {len(absent)} products (e.g. {', '.join(absent[:3])})"
+    return candidate_captions, None
+
+
+@dataclass
+class CategoryQueries:
+    """One category of the Fashion-IQ protocol: its index (every product of the category, first
+    view, the reference included) and its queries (reference + the two relative captions)."""
+
+    index_ids: list[str]
+    index_rows: torch.Tensor  # (N,) rows of the encoded images
+    ref_rows: torch.Tensor  # (T,)
+    texts: list[str]  # (T,)
+    target: np.ndarray  # (T,) column of each query's target in the index
+
+
+def category_queries(triplets: list, products: dict, images: EncodedImages, cat: str) -> CategoryQueries:
+    index_ids = [pid for pid, p in products.items() if p.category == cat]
+    col = {pid: i for i, pid in enumerate(index_ids)}
+    row = images.table.index
+    return CategoryQueries(
+        index_ids=index_ids,
+        index_rows=torch.as_tensor([row[str(products[pid].images[0])] for pid in index_ids]),
+        ref_rows=torch.as_tensor([row[str(products[t.reference].images[0])] for t in triplets]),
+        texts=[t.query_text() for t in triplets],
+        target=np.array([col[t.target] for t in triplets]),
+    )
+
+
+def baseline_scores(images: EncodedImages, q: CategoryQueries, text_only: torch.Tensor) -> dict[str, np.ndarray]:
+    """(T, N) scores of the baselines on the same backbones: the reference image's vector, the
+    caption's embedding (``text_only``, (T, e)), and their normalised sum (CLIP4Cir-style)."""
+    index_embeds = images.embeds[q.index_rows]  # (N, Q, e)
+    ref_vec = images.vectors[q.ref_rows]  # (T, e)
+    return {
+        "image_only": (ref_vec @ images.vectors[q.index_rows].t()).numpy(),
+        "text_only": max_over_queries(index_embeds, text_only).numpy(),
+        "late_fusion": max_over_queries(index_embeds, F.normalize(ref_vec + text_only, dim=-1)).numpy(),
+    }
+
+
+def _itm_plus_itc(q_idx, c_idx, *, model, cand_feats, texts, base, temperature, bf16) -> np.ndarray:
+    """ITM log-odds + ITC logit of (query, candidate) pairs."""
+    itm = itm_scores(model, cand_feats[torch.as_tensor(c_idx)], [texts[q] for q in q_idx], bf16=bf16)
+    return itm + base[q_idx, c_idx] / temperature
+
+
+def composed_itm_scores(
+    model: RetrievalModel, images: EncodedImages, q: CategoryQueries, base: np.ndarray, rerank_k: int, bf16: bool
+) -> np.ndarray:
+    """``base`` (T, N) with each query's top ``rerank_k`` re-ordered by ITM (+ the ITC logit)."""
+    rescore = partial(
+        _itm_plus_itc,
+        model=model,
+        cand_feats=images.table.feats[q.index_rows],
+        texts=q.texts,
+        base=base,
+        temperature=model.qformer.temperature().item(),
+        bf16=bf16,
+    )
+    return P.rerank_top_k(base, rerank_k, rescore)
+
+
+def caption_scores(
+    model: RetrievalModel, composed: torch.Tensor, captions: list[str], base: np.ndarray, weight: float, bf16: bool
+) -> dict[str, np.ndarray]:
+    """Table 4's variants: sim(e_cls, Z_C) with the candidates' captions (N,), and the fused
+    sim(e_cls, Z_T) + ``weight`` x sim(e_cls, Z_C) with ``base`` = sim(e_cls, Z_T) (T, N)."""
+    caption_embeds = encode_texts(model, captions, bf16=bf16)  # (N, e)
+    by_caption = (composed @ caption_embeds.t()).numpy()  # (T, N)
+    return {"composed_captions": by_caption, "composed_fused": base + weight * by_caption}
+
+
+def cir_category_scores(model, images, q: CategoryQueries, *, rerank_k, captions, caption_weight, bf16):
+    """Every variant's (T, N) scores for one category, and the composed queries (T, e)."""
+    composed = encode_composed(model, images.table.feats[q.ref_rows], q.texts, bf16=bf16)  # (T, e) e_cls, Eq. 9
+    text_only = encode_texts(model, q.texts, bf16=bf16)  # (T, e)
+    scores = {"composed": max_over_queries(images.embeds[q.index_rows], composed).numpy()}
+    scores.update(baseline_scores(images, q, text_only))
+    if rerank_k > 0:
+        scores["composed_itm"] = composed_itm_scores(model, images, q, scores["composed"], rerank_k, bf16)
+    if captions is not None:
+        cand = [captions[pid] for pid in q.index_ids]
+        scores.update(caption_scores(model, composed, cand, scores["composed"], caption_weight, bf16))
+    return scores, composed
+
+
+def fusion_sweep(scores: dict[str, np.ndarray], target: np.ndarray) -> dict[float, dict[str, float]]:
+    """Fashion-IQ recalls of the fused score at every caption weight of FUSION_SWEEP."""
+    return {w: P.fashioniq_recalls(scores["composed"] + w * scores["composed_captions"], target) for w in FUSION_SWEEP}
+
+
+def cir_summary(per: dict, sweep: dict, *, queries: int, rerank_k: int, caption_weight: float, caption_note) -> dict:
+    """Per-category recalls and their average for each variant run, the margin over the best
+    baseline, and the caption variants (Table 4)."""
+    result: dict[str, Any] = {"queries": queries, "rerank_k": rerank_k}
+    for name in CIR_VARIANTS:
+        if per[name]:
+            result[name] = {"per_category": per[name], "average": P.average_over_categories(per[name])}
+    best_baseline = max(result[b]["average"]["avg"] for b in CIR_BASELINES)
+    result["margin_over_best_baseline"] = result["composed"]["average"]["avg"] - best_baseline
+    if "composed_fused" in result:
+        result["variants"] = {
+            "full": result["composed_fused"]["average"],
+            "without_captions": result["composed"]["average"],
+            "without_image": result["composed_captions"]["average"],
+            "caption_weight": caption_weight,
+            # Every weight, for reading only: the default is not chosen on the evaluated split.
+            "fusion_sweep": {str(w): P.average_over_categories(sweep[w]) for w in FUSION_SWEEP},
+        }
+    elif caption_note:
+        result["variants"] = {"skipped": caption_note}
+    return result
+
+
 def evaluate_cir(
     model: RetrievalModel,
     data: DatasetSplit,
@@ -228,88 +313,35 @@ def evaluate_cir(
     ``candidate_captions`` (product id -> caption) adds ``composed_captions``
     (captions only) and ``composed_fused`` (image + ``caption_weight`` x caption)."""
     products = data.product_map()
-    by_cat: dict[str, list] = defaultdict(list)
-    for t in data.triplets:
-        if t.target is not None and t.reference in products and t.target in products:
-            by_cat[t.category].append(t)
+    by_cat = cir_triplets_by_category(data, products)
     if not by_cat:
         reason = "the split's triplets have no target labels" if data.triplets else "the split has no triplets"
         return {"skipped": reason}, {}
-    variants = ("composed", "composed_itm", "composed_captions", "composed_fused", "image_only", "text_only",
-                "late_fusion")  # fmt: skip
-    per: dict[str, dict[str, dict[str, float]]] = {v: {} for v in variants}
+    captions, caption_note = usable_candidate_captions(candidate_captions, products, by_cat)
+    per: dict[str, dict[str, dict[str, float]]] = {v: {} for v in CIR_VARIANTS}
     sweep: dict[float, dict[str, dict[str, float]]] = {w: {} for w in FUSION_SWEEP}
-    caption_note = None
-    if candidate_captions is not None:
-        absent = sorted(
-            pid
-            for pid, p in products.items()
-            if p.category in by_cat and not (candidate_captions.get(pid) or "").strip()
-        )
-        if absent:
-            caption_note = f"no candidate caption for {len(absent)} products (e.g. {', '.join(absent[:3])})"
-            candidate_captions = None
     dump: dict[str, Any] = {"queries": [], "composed": [], "index": {}}
-    feats = images.table.feats
-    temperature = model.qformer.temperature().item()
     for cat in sorted(by_cat):
-        triplets = by_cat[cat]
-        index_ids = [pid for pid, p in products.items() if p.category == cat]
-        index_rows = torch.as_tensor([images.table.index[str(products[pid].images[0])] for pid in index_ids])
-        col = {pid: i for i, pid in enumerate(index_ids)}
-        index_embeds = images.embeds[index_rows]  # (N, Q, e)
-        ref_rows = torch.as_tensor([images.table.index[str(products[t.reference].images[0])] for t in triplets])
-        texts = [t.query_text() for t in triplets]
-        target = np.array([col[t.target] for t in triplets])
-        composed = encode_composed(model, feats[ref_rows], texts, bf16=bf16)  # (T, e)
-        text_only = encode_texts(model, texts, bf16=bf16)
-        ref_vec = images.vectors[ref_rows]
-        scores = {
-            "composed": max_over_queries(index_embeds, composed).numpy(),
-            "image_only": (ref_vec @ images.vectors[index_rows].t()).numpy(),
-            "text_only": max_over_queries(index_embeds, text_only).numpy(),
-            "late_fusion": max_over_queries(index_embeds, F.normalize(ref_vec + text_only, dim=-1)).numpy(),
-        }
-        if rerank_k > 0:
-            base = scores["composed"]
-
-            def rescore(q_idx, c_idx, base=base, index_rows=index_rows, texts=texts, temperature=temperature):
-                itm = itm_scores(model, feats[index_rows[torch.as_tensor(c_idx)]], [texts[q] for q in q_idx], bf16=bf16)
-                return itm + base[q_idx, c_idx] / temperature  # ITM log-odds + ITC logit
-
-            scores["composed_itm"] = P.rerank_top_k(base, rerank_k, rescore)
-        if candidate_captions is not None:
-            caption_embeds = encode_texts(model, [candidate_captions[pid] for pid in index_ids], bf16=bf16)  # (N, e)
-            scores["composed_captions"] = (composed @ caption_embeds.t()).numpy()  # sim(e_cls, Z_C)
-            scores["composed_fused"] = scores["composed"] + caption_weight * scores["composed_captions"]
-            for w in FUSION_SWEEP:
-                sweep[w][cat] = P.fashioniq_recalls(scores["composed"] + w * scores["composed_captions"], target)
+        q = category_queries(by_cat[cat], products, images, cat)
+        scores, composed = cir_category_scores(
+            model, images, q, rerank_k=rerank_k, captions=captions, caption_weight=caption_weight, bf16=bf16
+        )
+        if captions is not None:
+            for w, recalls in fusion_sweep(scores, q.target).items():
+                sweep[w][cat] = recalls
         for name, s in scores.items():
-            per[name][cat] = P.fashioniq_recalls(s, target)
+            per[name][cat] = P.fashioniq_recalls(s, q.target)
         dump["queries"] += [
-            {"reference": t.reference, "target": t.target, "text": q, "category": cat}
-            for t, q in zip(triplets, texts, strict=True)
+            {"reference": t.reference, "target": t.target, "text": text, "category": cat}
+            for t, text in zip(by_cat[cat], q.texts, strict=True)
         ]
         dump["composed"].append(composed.numpy())
-        dump["index"][cat] = index_ids
-    result: dict[str, Any] = {"queries": sum(len(v) for v in by_cat.values()), "rerank_k": rerank_k}
-    for name in variants:
-        if per[name]:
-            result[name] = {"per_category": per[name], "average": P.average_over_categories(per[name])}
-    best_baseline = max(result[b]["average"]["avg"] for b in ("image_only", "text_only", "late_fusion"))
-    result["margin_over_best_baseline"] = result["composed"]["average"]["avg"] - best_baseline
-    if "composed_fused" in result:
-        result["variants"] = {
-            "full": result["composed_fused"]["average"],
-            "without_captions": result["composed"]["average"],
-            "without_image": result["composed_captions"]["average"],
-            "caption_weight": caption_weight,
-            # Every weight, for reading only: the default is not chosen on the evaluated split.
-            "fusion_sweep": {str(w): P.average_over_categories(sweep[w]) for w in FUSION_SWEEP},
-        }
-    elif caption_note:
-        result["variants"] = {"skipped": caption_note}
-    return result, dump
+        dump["index"][cat] = q.index_ids
+    queries = sum(len(v) for v in by_cat.values())
+    summary = cir_summary(
+        per, sweep, queries=queries, rerank_k=rerank_k, caption_weight=caption_weight, caption_note=caption_note
+    )
+    return summary, dump
 
 
 def evaluate_split(
@@ -339,8 +371,15 @@ def evaluate_split(
         )
     else:
         out["cmr"], cmr_dump = {"skipped": "the split's products have no captions"}, {}
-    out["cir"], cir_dump = evaluate_cir(model, data, images, rerank_k=cir_rerank_k, bf16=bf16,
-                                        candidate_captions=candidate_captions, caption_weight=caption_weight)  # fmt: skip
+    out["cir"], cir_dump = evaluate_cir(
+        model,
+        data,
+        images,
+        rerank_k=cir_rerank_k,
+        bf16=bf16,
+        candidate_captions=candidate_captions,
+        caption_weight=caption_weight,
+    )
     out["seconds"] = round(time.perf_counter() - started, 1)
     if dump_dir:
         write_dump(Path(dump_dir) / data.split, table, images, cmr_dump, cir_dump)
@@ -375,10 +414,19 @@ def write_dump(folder: Path, table: FeatureTable, images: EncodedImages, cmr: di
         files += ["cir_query_embeds.npy", "cir_queries.json"]
     readme = {
         "files": files,
-        "similarity": "cosine between a text (or composed query) vector and each of an image's query vectors; take the max over queries",
+        "similarity": (
+            "cosine between a text (or composed query) vector and each of an image's query vectors; "
+            "take the max over queries"
+        ),
         "images.json": "row i of image_embeds.npy is the image at images.json[i]",
-        "texts.json": "row j of text_embeds.npy is texts[j], the caption of product j; image_product[k] is the product of image row image_rows[k]",
-        "cir_queries.json": "row i of cir_query_embeds.npy is queries[i]; index[category] lists the product ids searched (first view of each)",
+        "texts.json": (
+            "row j of text_embeds.npy is texts[j], the caption of product j; "
+            "image_product[k] is the product of image row image_rows[k]"
+        ),
+        "cir_queries.json": (
+            "row i of cir_query_embeds.npy is queries[i]; "
+            "index[category] lists the product ids searched (first view of each)"
+        ),
     }
     atomic_write_json(folder / "manifest.json", readme)
 
@@ -403,10 +451,10 @@ def evaluate_model(
     model = RetrievalModel.from_pretrained(model_path)
     cache = FeatureCache(model.vision)
     captioner = None
-    if candidate_captions is None and with_captions and (Path(model_path) / "captioner").is_dir():
+    if candidate_captions is None and with_captions and (Path(model_path) / CAPTION_FOLDER).is_dir():
         from unifashion.models.captioner import Captioner
 
-        captioner = Captioner.from_pretrained(Path(model_path) / "captioner")
+        captioner = Captioner.from_pretrained(Path(model_path) / CAPTION_FOLDER)
     results = {}
     for split in splits:
         data = read_split(data_root, split, fmt)
@@ -431,8 +479,7 @@ def generate_candidate_captions(
     model: RetrievalModel, captioner, data: DatasetSplit, cache: FeatureCache, style: str, *, bf16: bool = True
 ) -> dict[str, str]:
     """The pre-generated candidate library: one caption per product of the split (its first view)."""
-    from unifashion.captioning import generate_captions
-    from unifashion.training.captioning import image_queries
+    from unifashion.pipelines.captioning import generate_captions, image_queries
 
     refs = tuple(p.images[0] for p in data.products)
     table = image_queries(model, list(refs), cache, bf16=bf16)

@@ -53,7 +53,8 @@ class Decoding:
     """How :meth:`Captioner.generate` picks tokens."""
 
     mode: DecodeMode = "greedy"
-    max_new_tokens: int = 40
+    # None: the caption head's own length (``LLMConfig.max_new_tokens``, the one default).
+    max_new_tokens: int | None = None
     num_beams: int = 4  # beam only
     temperature: float = 0.7  # sample only
     top_p: float = 0.9  # sample only
@@ -79,7 +80,7 @@ class Decoding:
     def __post_init__(self) -> None:
         if self.mode not in ("greedy", "beam", "sample"):
             raise ConfigError(f"decoding mode: expected greedy, beam or sample, got {self.mode!r}")
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens: expected a positive integer, got {self.max_new_tokens}")
 
 
@@ -201,8 +202,9 @@ class Captioner(nn.Module):
         keep = width - first + 1
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask.to(device), logits_to_keep=keep).logits
         targets = lab[:, width - keep + 1 :].to(device)  # the token each kept position predicts
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=-100)  # fmt: skip
+        return F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
 
     # -- generation -------------------------------------------------------------------
 
@@ -215,11 +217,14 @@ class Captioner(nn.Module):
         return torch.cat([pre, soft.to(pre.dtype), post], dim=1)
 
     @torch.no_grad()
-    def generate_from_embeddings(self, embeds: torch.Tensor, decoding: Decoding) -> list[list[int]]:
+    def generate_from_embeddings(self, embeds: torch.Tensor, decoding: Decoding | None = None) -> list[list[int]]:
         """New token ids (up to the end token) for prompts given as embeddings (B, L, h), all of length L.
 
         Greedy and sampling run the loop below, where the KV cache is visible
         (and can be switched off to measure it); beam search is transformers'."""
+        decoding = decoding or Decoding()
+        if decoding.max_new_tokens is None:
+            decoding = dataclasses.replace(decoding, max_new_tokens=self.config.max_new_tokens)
         if decoding.mode == "beam":
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
             rows = self.llm.generate(
@@ -254,8 +259,9 @@ class Captioner(nn.Module):
         for _ in range(decoding.max_new_tokens):
             mask = torch.ones(b, length, dtype=torch.long, device=embeds.device)
             cache = {self._cache_argument(): past} if past is not None else {}
-            out = self.llm(inputs_embeds=sequence, attention_mask=mask, use_cache=decoding.use_cache,
-                           logits_to_keep=1, **cache)  # fmt: skip
+            out = self.llm(
+                inputs_embeds=sequence, attention_mask=mask, use_cache=decoding.use_cache, logits_to_keep=1, **cache
+            )
             logits = out.logits[:, -1].float().cpu()  # (B, V)
             if decoding.mode == "greedy":
                 next_token = logits.argmax(dim=-1)
@@ -277,7 +283,6 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def generate(self, query_outputs: torch.Tensor, style: str, decoding: Decoding | None = None) -> list[str]:
         """One caption of ``style`` per row of ``query_outputs`` (B, Q, d)."""
-        decoding = decoding or Decoding(max_new_tokens=self.config.max_new_tokens)
         embeds = self.prompt_embeddings(self.text_adapter(query_outputs), style)
         ids = self.generate_from_embeddings(embeds, decoding)
         return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
@@ -326,8 +331,11 @@ class Captioner(nn.Module):
         for name in needed:
             if not (folder / name).is_file():
                 raise UniFashionError(f"{folder}: {name} is missing")
-        load_state_strict(model.text_adapter, load_file(os.fspath(folder / "text_adapter.safetensors")),
-                          what=str(folder / "text_adapter.safetensors"))  # fmt: skip
+        load_state_strict(
+            model.text_adapter,
+            load_file(os.fspath(folder / "text_adapter.safetensors")),
+            what=str(folder / "text_adapter.safetensors"),
+        )
         if config.lora_rank == 0:
             return model.eval()
         lora = load_file(os.fspath(folder / "lora.safetensors"))

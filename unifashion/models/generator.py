@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unifashion.checkpoint import VAE_FOLDER
 from unifashion.config import DiffusionConfig
 from unifashion.models.adapters import QueryAdapter
 from unifashion.utils.errors import ConfigError, UniFashionError
@@ -438,7 +439,7 @@ class Generator(nn.Module):
         )
         self.unet.save_pretrained(os.fspath(folder / "unet"), safe_serialization=True)
         if with_vae:
-            self.vae.save_pretrained(os.fspath(folder / "vae"), safe_serialization=True)
+            self.vae.save_pretrained(os.fspath(folder / VAE_FOLDER), safe_serialization=True)
         atomic_write_json(folder / "generator.json", {"spec": asdict(self.spec), "diffusion": asdict(self.config)})
         return folder
 
@@ -461,7 +462,7 @@ class Generator(nn.Module):
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{meta_path}: unreadable ({exc})") from None
         config = from_dict(DiffusionConfig, meta.get("diffusion", {}), where=f"{meta_path}: diffusion")
-        vae_dir = Path(vae_folder) if vae_folder is not None else folder / "vae"
+        vae_dir = Path(vae_folder) if vae_folder is not None else folder / VAE_FOLDER
         if not (folder / "adapter.safetensors").is_file():
             raise UniFashionError(f"{folder}: no adapter.safetensors (image_adapter and null condition)")
         for sub in (vae_dir, folder / "unet"):

@@ -24,14 +24,11 @@ from typing import Any
 from torch import nn
 
 from unifashion.backbones.vision import VisionEncoder, load_vision_encoder
+from unifashion.checkpoint import CONFIG_FILE, MODEL_TYPE, QFORMER_WEIGHTS, TOKENIZER_FOLDER, read_checkpoint_config
 from unifashion.config import ModelConfig, get_preset
 from unifashion.models.qformer import QFormer, TextBatch, build_qformer
-from unifashion.utils.errors import ConfigError, UniFashionError
+from unifashion.utils.errors import UniFashionError
 from unifashion.utils.io import atomic_directory
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-MODEL_TYPE = "unifashion"
-
 
 _TOKENIZER_LOCK = threading.Lock()
 
@@ -103,10 +100,10 @@ class RetrievalModel(nn.Module):
 
         with atomic_directory(path) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.qformer.state_dict().items()}
-            save_file(state, os.fspath(tmp / "qformer.safetensors"))
-            self.tokenizer.save_pretrained(os.fspath(tmp / "tokenizer"))
+            save_file(state, os.fspath(tmp / QFORMER_WEIGHTS))
+            self.tokenizer.save_pretrained(os.fspath(tmp / TOKENIZER_FOLDER))
             meta = {"model_type": MODEL_TYPE, "heads": ["retrieval"], "config": self.config.to_dict(), **(extra or {})}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return Path(path)
 
     @classmethod
@@ -119,33 +116,12 @@ class RetrievalModel(nn.Module):
         folder = Path(path)
         meta = read_checkpoint_config(folder)
         config = ModelConfig.from_dict(meta["config"], where=f"{folder / 'config.json'}: config")
-        weights = folder / "qformer.safetensors"
+        weights = folder / QFORMER_WEIGHTS
         if not weights.is_file():
             raise UniFashionError(f"{folder}: no qformer.safetensors (is this a UniFashion retrieval checkpoint?)")
         vision = load_vision_encoder(config.vision)
         # The architecture only: weights come from the checkpoint, not from MiniLM or BLIP-2.
         qformer = build_qformer(replace(config.qformer, init="random"), vision.feature_dim)
         load_state_strict(qformer, load_file(os.fspath(weights)), what=str(weights))
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder / "tokenizer"))
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder / TOKENIZER_FOLDER))
         return cls(config, vision, qformer.eval(), tokenizer)
-
-
-def read_checkpoint_config(folder: Path) -> dict[str, Any]:
-    """``config.json`` of a checkpoint folder, with clear errors; pickle-only folders are refused."""
-    if not folder.is_dir():
-        raise UniFashionError(f"{folder}: no such checkpoint folder")
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles and not any(folder.glob("*.safetensors")):
-        raise UniFashionError(
-            f"{folder}: holds pickle files ({', '.join(pickles)}) and no safetensors; they are not loaded"
-        )
-    path = folder / "config.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UniFashionError(f"{path}: missing (a checkpoint folder has config.json + safetensors)") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if meta.get("model_type") != MODEL_TYPE or "config" not in meta:
-        raise ConfigError(f"{path}: not a UniFashion checkpoint (model_type {meta.get('model_type')!r})")
-    return meta

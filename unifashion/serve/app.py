@@ -92,8 +92,11 @@ class Service:
         if category in (None, ""):
             return None
         if category not in self.catalog.categories():
-            raise InputError(422, "category", f"category: {category!r} is not in the catalog "
-                             f"(one of {', '.join(self.catalog.categories())})")  # fmt: skip
+            raise InputError(
+                422,
+                "category",
+                f"category: {category!r} is not in the catalog (one of {', '.join(self.catalog.categories())})",
+            )
         return category
 
     def check_product(self, product_id: str) -> str:
@@ -110,18 +113,39 @@ class Service:
     def results(self, hits: list[Hit]) -> list[dict[str, Any]]:
         meta = self.catalog.products([h.id for h in hits])
         return [
-            {"id": h.id, "score": round(h.score, 6), "image_score": round(h.image_score, 6),
-             "caption_score": round(h.caption_score, 6), "category": m["category"], "title": m["title"],
-             "generated_caption": m["generated_caption"], "captions": m["captions"],
-             "image_url": _image_url(h.id)}
+            {
+                "id": h.id,
+                "score": round(h.score, 6),
+                "image_score": round(h.image_score, 6),
+                "caption_score": round(h.caption_score, 6),
+                "category": m["category"],
+                "title": m["title"],
+                "generated_caption": m["generated_caption"],
+                "captions": m["captions"],
+                "image_url": _image_url(h.id),
+            }
             for h, m in zip(hits, meta, strict=True)
-        ]  # fmt: skip
+        ]
 
-    def search(self, kind: str, vector: np.ndarray, *, by: str, k: int, category: str | None,
-               caption_weight: float | None, start: float, query: dict) -> dict:  # fmt: skip
+    def search(
+        self,
+        kind: str,
+        vector: np.ndarray,
+        *,
+        by: str,
+        k: int,
+        category: str | None,
+        caption_weight: float | None,
+        start: float,
+        query: dict,
+    ) -> dict:
         hits = self.catalog.search(vector, by=by, k=k, category=category, caption_weight=caption_weight)
-        return {"kind": kind, "query": query, "results": self.results(hits),
-                "took_ms": round((time.perf_counter() - start) * 1000, 2)}  # fmt: skip
+        return {
+            "kind": kind,
+            "query": query,
+            "results": self.results(hits),
+            "took_ms": round((time.perf_counter() - start) * 1000, 2),
+        }
 
 
 def _image_url(product_id: str) -> str:
@@ -142,9 +166,23 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         yield
         svc.jobs.shutdown()
 
-    app = FastAPI(title="UniFashion", version="0.1.0", lifespan=lifespan,
-                  description="Fashion search (text, image, composed), captions and generation over a product catalog.")  # fmt: skip
+    app = FastAPI(
+        title="UniFashion",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Fashion search (text, image, composed), captions and generation over a product catalog.",
+    )
     app.state.service = svc
+
+    _add_error_handlers(app, limits)
+    _add_catalog_routes(app, svc)
+    _add_search_routes(app, svc)
+    _add_caption_and_image_routes(app, svc)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
+    """Every refusal as a JSON body naming the field: bad input, schema errors, HTTP errors, model errors."""
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError):
@@ -178,7 +216,10 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
             return _error(413, None, f"request body of {int(length):,} bytes; at most {4 * limits.max_upload_bytes:,}")
         return await call_next(request)
 
-    # -- pages and metadata ----------------------------------------------------------------
+
+def _add_catalog_routes(app: FastAPI, svc: Service) -> None:
+    """The page, health, categories and products."""
+    limits = svc.limits
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -186,9 +227,15 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
 
     @app.get("/api/health")
     def health() -> dict:
-        return {"status": "ok", "products": len(svc.catalog), "catalog_version": svc.catalog.version,
-                "heads": list(svc.model.heads), "captions_in_catalog": svc.catalog.has_captions,
-                "jobs_pending": svc.jobs.active(), "limits": limits.__dict__}  # fmt: skip
+        return {
+            "status": "ok",
+            "products": len(svc.catalog),
+            "catalog_version": svc.catalog.version,
+            "heads": list(svc.model.heads),
+            "captions_in_catalog": svc.catalog.has_captions,
+            "jobs_pending": svc.jobs.active(),
+            "limits": limits.__dict__,
+        }
 
     @app.get("/api/categories")
     def categories() -> dict:
@@ -203,7 +250,10 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         data, mime = svc.catalog.image(svc.check_product(product_id))
         return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
 
-    # -- search ------------------------------------------------------------------------------
+
+def _add_search_routes(app: FastAPI, svc: Service) -> None:
+    """Text, image and composed search: one model pass under the service's lock, then the catalog."""
+    limits = svc.limits
 
     @app.post("/api/search/text")
     def search_text(body: TextSearch) -> dict:
@@ -212,8 +262,16 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         k, category = svc.check_k(body.k), svc.check_category(body.category)
         with svc.search_lock:
             vec = svc.model.encode_texts([text])[0].float().numpy()
-        return svc.search("text", vec, by="queries", k=k, category=category, caption_weight=body.caption_weight,
-                          start=start, query={"text": text})  # fmt: skip
+        return svc.search(
+            "text",
+            vec,
+            by="queries",
+            k=k,
+            category=category,
+            caption_weight=body.caption_weight,
+            start=start,
+            query={"text": text},
+        )
 
     @app.post("/api/search/image")
     def search_image(
@@ -227,8 +285,16 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         with svc.search_lock:
             queries = svc.model.encode_images([pil]).float().numpy()  # (1, Q, e)
         vec = mean_vectors(queries)[0]
-        return svc.search("image", vec, by="means", k=k, category=category, caption_weight=0.0, start=start,
-                          query={"image": f"{pil.width}x{pil.height}"})  # fmt: skip
+        return svc.search(
+            "image",
+            vec,
+            by="means",
+            k=k,
+            category=category,
+            caption_weight=0.0,
+            start=start,
+            query={"image": f"{pil.width}x{pil.height}"},
+        )
 
     @app.post("/api/search/composed")
     def search_composed(
@@ -246,10 +312,21 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         pil = _read_upload(image, "image", limits)
         with svc.search_lock:
             vec = svc.model.encode_composed([pil], [text])[0].float().numpy()
-        return svc.search("composed", vec, by="queries", k=k, category=category, caption_weight=caption_weight,
-                          start=start, query={"text": text, "image": f"{pil.width}x{pil.height}"})  # fmt: skip
+        return svc.search(
+            "composed",
+            vec,
+            by="queries",
+            k=k,
+            category=category,
+            caption_weight=caption_weight,
+            start=start,
+            query={"text": text, "image": f"{pil.width}x{pil.height}"},
+        )
 
-    # -- captions and images -------------------------------------------------------------------
+
+def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
+    """Captions (synchronous) and generation / try-on jobs (queued, with progress)."""
+    limits = svc.limits
 
     @app.post("/api/caption")
     def caption(
@@ -272,8 +349,9 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         except QueueFull:
             return JSONResponse(
                 InputError(429, None, f"{svc.jobs.capacity} generation jobs are pending; try again later").payload(),
-                status_code=429, headers={"Retry-After": "10"},
-            )  # fmt: skip
+                status_code=429,
+                headers={"Retry-After": "10"},
+            )
         return JSONResponse(job.public() | {"status_url": f"/api/jobs/{job.id}"}, status_code=202)
 
     def _seed(seed: int) -> int:
@@ -301,8 +379,10 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         pil = _read_upload(image, "image", limits, required=False)
         if text is None and pil is None:
             raise InputError(422, "text", "text: give a text, a reference image, or both")
-        return _submit("generate", lambda on_step: svc.model.generate(text=text, image=pil, seed=seed, steps=steps,
-                                                                      on_step=on_step)[0])  # fmt: skip
+        return _submit(
+            "generate",
+            lambda on_step: svc.model.generate(text=text, image=pil, seed=seed, steps=steps, on_step=on_step)[0],
+        )
 
     @app.post("/api/tryon", status_code=202)
     def tryon(
@@ -335,8 +415,16 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
             with tempfile.TemporaryDirectory(prefix="unifashion-pose-") as tmp:
                 path = Path(tmp) / "pose.json"
                 path.write_bytes(pose_bytes)
-                return svc.model.try_on(person_im, cloth_im, mask=mask_im.convert("L"), pose=path,
-                                        pose_format=pose_format, seed=seed, steps=steps, on_step=on_step)[0]  # fmt: skip
+                return svc.model.try_on(
+                    person_im,
+                    cloth_im,
+                    mask=mask_im.convert("L"),
+                    pose=path,
+                    pose_format=pose_format,
+                    seed=seed,
+                    steps=steps,
+                    on_step=on_step,
+                )[0]
 
         return _submit("tryon", work)
 
@@ -356,21 +444,26 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
             raise InputError(409, "job_id", f"job_id: job {job_id} is {job.status}, not done")
         return Response(job.png, media_type="image/png")
 
-    return app
-
 
 def load_service(model_path: str | os.PathLike, catalog_path: str | os.PathLike):
     """The model and catalog of ``unifashion serve``, checked to belong together."""
     from unifashion.catalog.build import check_model
-    from unifashion.models.unifashion import UniFashion
+    from unifashion.pipelines.unifashion import UniFashion
 
     catalog = Catalog.open(catalog_path)
     check_model(catalog, model_path)
     return UniFashion.from_pretrained(model_path), catalog
 
 
-def serve(model_path, catalog_path, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          steps: int | None = None) -> None:  # fmt: skip
+def serve(
+    model_path,
+    catalog_path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    steps: int | None = None,
+) -> None:
     import uvicorn
 
     model, catalog = load_service(model_path, catalog_path)

@@ -56,8 +56,14 @@ def read_image(data: bytes, field: str, limits: Limits) -> Image.Image:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
-                SyntaxError, ValueError) as exc:  # fmt: skip
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+            OSError,
+            SyntaxError,
+            ValueError,
+        ) as exc:
             if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
                 raise InputError(413, field, f"{field}: image too large to decode ({exc})") from None
             raise InputError(415, field, f"{field}: not an image we can read (expected JPEG, PNG or WebP)") from None

@@ -36,8 +36,15 @@ class Job:
     png: bytes | None = None
 
     def public(self) -> dict:
-        out = {"id": self.id, "kind": self.kind, "status": self.status, "step": self.step, "steps": self.steps,
-               "error": self.error, "seconds": self.seconds}  # fmt: skip
+        out = {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "step": self.step,
+            "steps": self.steps,
+            "error": self.error,
+            "seconds": self.seconds,
+        }
         if self.status == "done":
             out["image_url"] = f"/api/jobs/{self.id}/image"
         return out

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import json
 import math
 import os
 import random
-import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-
-from unifashion.utils.hardware import cpu_has_bf16
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -60,16 +54,6 @@ def steps_for(num_items: int, batch_size: int, epochs: float) -> tuple[int, int]
     """(batch size, total steps) of ``epochs`` over ``num_items`` (a smaller batch if the data is smaller)."""
     batch = min(batch_size, num_items)
     return batch, max(1, math.ceil(epochs * max(1, num_items // batch)))
-
-
-def autocast(enabled: bool, device: torch.device | str = "cpu"):
-    """bf16 autocast where it is fast (CUDA, or CPUs with native bf16); otherwise a no-op."""
-    device = torch.device(device)
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if enabled and device.type == "cpu" and cpu_has_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class LossLog:
@@ -153,27 +137,3 @@ def grouped_epoch_batches(
     stop = len(mixed) - len(mixed) % batch_size if len(mixed) >= batch_size else len(mixed)
     batches += [mixed[k : k + batch_size] for k in range(0, stop, batch_size)]
     return [torch.tensor(batches[k]) for k in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-@contextlib.contextmanager
-def extended_checkpoint(
-    source: str | os.PathLike, out: str | os.PathLike, *, replaced: set[str], logs: Path | None = None
-) -> Iterator[tuple[Path, dict]]:
-    """Add a head to checkpoint ``source``, written atomically to ``out`` (which may be ``source``).
-
-    Yields a scratch folder holding a copy of ``source`` without the entries named in ``replaced``,
-    and its parsed ``config.json``; the caller writes the new parts there and updates the dict. On
-    exit the training ``logs`` folder is merged into ``logs/``, ``config.json`` is written, the
-    scratch folder takes ``out``'s place in one rename, and the live logs are removed."""
-    from unifashion.utils.io import atomic_directory, atomic_write_json, copy_entries
-
-    source = Path(source)
-    meta = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    with atomic_directory(out) as tmp:
-        copy_entries(source, tmp, skip=replaced)
-        yield tmp, meta
-        if logs is not None and logs.exists():
-            shutil.copytree(logs, tmp / "logs", dirs_exist_ok=True)
-        atomic_write_json(tmp / "config.json", meta)
-    if logs is not None:
-        shutil.rmtree(logs, ignore_errors=True)

@@ -17,6 +17,9 @@ rename, with the config, the seeds and the loss logs (``logs/losses_<stage>.csv`
 
 Under ``torchrun`` / ``accelerate launch`` every process runs this same function; each computes
 its shard of every global batch and the main process writes the files.
+
+This is the only orchestrator: ``unifashion train retrieval | captioning | generation`` are stage
+selections of it (``retrieval_part``, ``captioning_part``, ``generation_part`` at the end).
 """
 
 from __future__ import annotations
@@ -34,16 +37,44 @@ from typing import Any
 
 import torch
 
-from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.backbones.diffusion import load_vae
+from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+from unifashion.checkpoint import (
+    CAPTION_FOLDER,
+    CONFIG_FILE,
+    HEAD_FOLDERS,
+    LOGS_FOLDER,
+    VAE_FOLDER,
+    add_heads,
+    extended_checkpoint,
+)
 from unifashion.config import (
     CaptionTrainingConfig,
     GenerationTrainingConfig,
+    ModelConfig,
     RetrievalTrainingConfig,
     from_dict,
     get_preset,
     to_dict,
 )
-from unifashion.training.loop import seed_everything
+from unifashion.data.formats import read_split
+from unifashion.models.captioner import Captioner
+from unifashion.models.generator import build_vae
+from unifashion.models.retrieval import RetrievalModel
+from unifashion.pipelines.generation import load_image_head, load_pixels
+from unifashion.pipelines.retrieval import image_queries
+from unifashion.training import phase1, phase2
+from unifashion.training.data import (
+    caption_items,
+    inpaint_data,
+    pair_items,
+    person_hw,
+    product_hw,
+    text2image_data,
+    triplet_items,
+)
+from unifashion.training.loop import LossLog, seed_everything
+from unifashion.training.runner import StageRunner, make_accelerator
 from unifashion.utils.errors import ConfigError, UniFashionError
 from unifashion.utils.io import atomic_directory, atomic_write_json
 
@@ -104,8 +135,6 @@ class PipelineConfig:
 
     def model_config(self):
         """The preset with ``model``'s changes (names the field at fault)."""
-        from unifashion.config import ModelConfig
-
         base = to_dict(get_preset(self.run.preset))
         return ModelConfig.from_dict(_merged(base, self.model, "model"), where="model")
 
@@ -204,9 +233,6 @@ class Pipeline:
     """One run of :func:`train_pipeline`: its folders, its progress and its stage runner."""
 
     def __init__(self, cfg: PipelineConfig, out: Path, resume: bool, accelerator, on_stage_end=None):
-        from unifashion.training.loop import LossLog
-        from unifashion.training.runner import StageRunner
-
         self.cfg, self.out = cfg, out
         self.work = out.parent / f"{out.name}.work"
         self.model_dir = self.work / "model"
@@ -225,13 +251,18 @@ class Pipeline:
             shutil.rmtree(self.work, ignore_errors=True)
             if cfg.run.init_from:
                 source = Path(cfg.run.init_from)
-                if not (source / "config.json").is_file():
+                if not (source / CONFIG_FILE).is_file():
                     raise ConfigError(f"run.init_from: {source} is not a model folder (no config.json)")
-                shutil.copytree(source, self.model_dir, ignore=shutil.ignore_patterns("logs"))
+                shutil.copytree(source, self.model_dir, ignore=shutil.ignore_patterns(LOGS_FOLDER))
         self.acc.wait_for_everyone()
-        self.log = LossLog(self.work / "logs")
-        self.runner = StageRunner(self.work, self.log, accelerator=accelerator,
-                                  checkpoint_every=cfg.run.checkpoint_every, progress=cfg.run.progress)  # fmt: skip
+        self.log = LossLog(self.work / LOGS_FOLDER)
+        self.runner = StageRunner(
+            self.work,
+            self.log,
+            accelerator=accelerator,
+            checkpoint_every=cfg.run.checkpoint_every,
+            progress=cfg.run.progress,
+        )
         self.resume = resume
         self.on_stage_end = on_stage_end
 
@@ -244,8 +275,9 @@ class Pipeline:
         self.done.append(stage)
         self.summary[stage] = summary
         if self.main:
-            atomic_write_json(self.progress_file, {"digest": self.cfg.digest(), "done": self.done,
-                                                   "summary": self.summary})  # fmt: skip
+            atomic_write_json(
+                self.progress_file, {"digest": self.cfg.digest(), "done": self.done, "summary": self.summary}
+            )
             shutil.rmtree(self.work / "checkpoint", ignore_errors=True)
             if self.on_stage_end is not None:
                 self.on_stage_end(stage, self.model_dir)
@@ -265,16 +297,12 @@ def trainable_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def train_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, resume: bool = False, accelerator=None,
-                   on_stage_end=None) -> dict[str, Any]:  # fmt: skip
+def train_pipeline(
+    cfg: PipelineConfig, out: str | os.PathLike, *, resume: bool = False, accelerator=None, on_stage_end=None
+) -> dict[str, Any]:
     """Train every stage of ``cfg`` and write the model to ``out`` (see the module docstring).
     ``on_stage_end(stage, folder)`` is called (main process) when a stage's weights are in the
     loadable checkpoint ``folder``, e.g. to evaluate or copy it."""
-    from unifashion.data.formats import read_split
-    from unifashion.models.retrieval import RetrievalModel
-    from unifashion.training.data import FeatureTable, pair_items
-    from unifashion.training.runner import make_accelerator
-
     cfg.check("config")
     cfg = cfg.seeded()
     check_output(Path(out))
@@ -284,21 +312,38 @@ def train_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, resume: bool 
     data = read_split(cfg.run.data, cfg.run.split, cfg.run.format)
     progress = cfg.run.progress and p.main
 
-    if "phase1a" in p.done or (p.model_dir / "config.json").is_file():
+    if "phase1a" in p.done or (p.model_dir / CONFIG_FILE).is_file():
         model = RetrievalModel.from_pretrained(p.model_dir)
     else:
         seed_everything(cfg.run.seed)  # the Q-Former's fresh weights (tiny) and anything random in building
         model = RetrievalModel.build(cfg.model_config())
     cache = FeatureCache(model.vision)
-    table = FeatureTable.build([r for q in data.products for r in q.images], cache, progress=progress)
+    tables: list[FeatureTable] = []
+
+    def feature_table() -> FeatureTable:
+        """Frozen features of every product image, read once, for the stages that train the Q-Former."""
+        if not tables:
+            tables.append(FeatureTable.build([r for q in data.products for r in q.images], cache, progress=progress))
+        return tables[0]
 
     def phase1a(resume_stage: bool) -> dict[str, Any]:
-        from unifashion.training.phase1 import train_phase1a
-
         if cfg.retrieval.phase1_epochs <= 0 or not any(q.captions for q in data.products):
-            raise ConfigError("retrieval.phase1_epochs: phase 1a needs epochs > 0 and captioned products")
-        last = train_phase1a(model, pair_items(data, table), table, cfg.retrieval, p.log, progress=progress,
-                             runner=p.runner, resume=resume_stage)  # fmt: skip
+            # Zero epochs (or nothing captioned): the fresh model goes on as it is, as `train retrieval` always did.
+            if p.main:
+                model.save_pretrained(p.model_dir, extra={"training": {"pipeline": to_dict(cfg)}})
+            acc.wait_for_everyone()
+            return {"skipped": "retrieval.phase1_epochs is 0 or the split has no captions"}
+        table = feature_table()
+        last = phase1.train_phase1a(
+            model,
+            pair_items(data, table),
+            table,
+            cfg.retrieval,
+            p.log,
+            progress=progress,
+            runner=p.runner,
+            resume=resume_stage,
+        )
         if p.main:
             model.save_pretrained(p.model_dir, extra={"training": {"pipeline": to_dict(cfg)}})
         acc.wait_for_everyone()
@@ -313,7 +358,7 @@ def train_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, resume: bool 
         for task in tasks:
             p.run_stage(f"phase1b_{task}", lambda r, task=task: _head_stage(p, model, data, cache, task, r))
     if cfg.retrieval.phase2_epochs > 0 and any(t.target for t in data.triplets):
-        p.run_stage("phase2", lambda r: _phase2_stage(p, model, data, table, cache, r))
+        p.run_stage("phase2", lambda r: _phase2_stage(p, model, data, feature_table(), cache, r))
     p.summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
     if p.main:
         _finish(p)
@@ -321,91 +366,67 @@ def train_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, resume: bool 
     return p.summary
 
 
-def _save_heads(p: Pipeline, *, captioner=None, vae=None, heads=None, training: dict | None = None) -> None:
+def _save_heads(p: Pipeline, **heads) -> None:
     """Add heads to the growing model (main process), then let every process go on."""
     if p.main:
-        if captioner is not None:
-            from unifashion.training.captioning import save_with_captioner
-
-            save_with_captioner(p.model_dir, p.model_dir, captioner, training or {})
-        if vae is not None:
-            from unifashion.training.generation import save_with_image_heads
-
-            save_with_image_heads(p.model_dir, p.model_dir, vae, heads or {}, training or {})
+        add_heads(p.model_dir, p.model_dir, **heads)
     p.acc.wait_for_everyone()
 
 
 def _caption_stage(p: Pipeline, model, data, cache, resume: bool) -> dict[str, Any]:
-    from unifashion.models.captioner import Captioner
-    from unifashion.training.captioning import caption_items, image_queries, train_phase1b_captioner
-
     cfg = p.cfg.captioning
     model.eval().qformer.requires_grad_(False)
-    table = image_queries(model, [r for q in data.products for r in q.images], cache, bf16=cfg.bf16,
-                          progress=p.cfg.run.progress and p.main)  # fmt: skip
+    table = image_queries(
+        model,
+        [r for q in data.products for r in q.images],
+        cache,
+        bf16=cfg.bf16,
+        progress=p.cfg.run.progress and p.main,
+    )
     seed_everything(cfg.seed + 10)
-    captioner = Captioner.build(model.config.llm, model.config.qformer.hidden_size)
-    last = train_phase1b_captioner(captioner, caption_items(data, table, cfg.styles), table, cfg, p.log,
-                                   runner=p.runner, resume=resume)  # fmt: skip
+    llm = phase1.with_lora(model.config.llm, cfg.lora_rank, cfg.lora_alpha)
+    captioner = Captioner.build(llm, model.config.qformer.hidden_size)
+    last = phase1.train_phase1b_captioner(
+        captioner, caption_items(data, table, cfg.styles), table, cfg, p.log, runner=p.runner, resume=resume
+    )
     _save_heads(p, captioner=captioner, training={"captioning": to_dict(cfg)})
     return {"last": last, "trainable_parameters": trainable_count(captioner)}
 
 
 def _vae_stage(p: Pipeline, model, data, resume: bool) -> dict[str, Any]:
-    from unifashion.generation import load_pixels
-    from unifashion.models.generator import build_vae
-    from unifashion.training.generation import (
-        latent_scale,
-        person_hw,
-        product_hw,
-        train_vae,
-        vae_colour_fidelity,
-    )
-
     dcfg, cfg = model.config.diffusion, p.cfg.generation
     if dcfg.source:  # paper: Stable Diffusion's VAE, nothing to train
-        from unifashion.backbones.diffusion import load_vae
-
         vae = load_vae(dcfg.source).eval()
-        _save_heads(p, vae=vae, heads={}, training={"generation": to_dict(cfg)})
+        _save_heads(p, vae=vae, training={"generation": to_dict(cfg)})
         return {"pretrained": dcfg.source}
     products = list({str(r): r for q in data.products for r in q.images}.values())
     persons = list({str(s.person): s.person for s in data.tryon}.values())
     pools = [load_pixels(products, product_hw(dcfg.image_size)), load_pixels(persons, person_hw(dcfg.image_size))]
     seed_everything(cfg.seed + 20)
     vae = build_vae(dcfg)
-    last = train_vae(vae, pools, cfg, p.log, runner=p.runner, resume=resume)
+    last = phase1.train_vae(vae, pools, cfg, p.log, runner=p.runner, resume=resume)
     probe = pools[0][:: max(1, len(pools[0]) // 1000)]
-    scale = latent_scale(vae, probe)
+    scale = phase1.latent_scale(vae, probe)
     vae.register_to_config(scaling_factor=scale)
-    _save_heads(p, vae=vae, heads={}, training={"generation": to_dict(cfg)})
-    return {"last": last, "latent_scale": scale, "train_fidelity": vae_colour_fidelity(vae, probe[:500])}
+    _save_heads(p, vae=vae, training={"generation": to_dict(cfg)})
+    return {"last": last, "latent_scale": scale, "train_fidelity": phase1.vae_colour_fidelity(vae, probe[:500])}
 
 
 def _load_vae(folder: Path):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(os.fspath(folder / "vae"), use_safetensors=True).eval()
+    return AutoencoderKL.from_pretrained(os.fspath(folder / VAE_FOLDER), use_safetensors=True).eval()
 
 
 def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dict[str, Any]:
-    from unifashion.generation import HEAD_FOLDERS
-    from unifashion.training.generation import (
-        head_to_train,
-        inpaint_data,
-        person_hw,
-        product_hw,
-        text2image_data,
-        train_head,
-    )
-
     dcfg, cfg = model.config.diffusion, p.cfg.generation
     vae = _load_vae(p.model_dir)
     hw = product_hw(dcfg.image_size) if task == "text2image" else person_hw(dcfg.image_size)
     seed_everything(cfg.seed + 30 + sorted(HEAD_FOLDERS).index(task))
     # With continue_heads the head in model_dir is run.init_from's (checked in PipelineConfig.check).
-    head = head_to_train(p.model_dir, task, dcfg, model.config.qformer.hidden_size, hw, vae,
-                         float(vae.config.scaling_factor), cfg)  # fmt: skip
+    head = phase1.head_to_train(
+        p.model_dir, task, dcfg, model.config.qformer.hidden_size, hw, vae, float(vae.config.scaling_factor), cfg
+    )
     model.eval().qformer.requires_grad_(False)
     progress = p.cfg.run.progress and p.main
     if task == "text2image":
@@ -413,34 +434,38 @@ def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dic
     else:
         prepared = inpaint_data(model, head, data, cache, progress)
         steps = cfg.tryon_steps if task == "tryon" else cfg.design_steps
-    last = train_head(model, head, prepared, steps, cfg, p.log, runner=p.runner, resume=resume)
-    _save_heads(p, vae=vae, heads={task: head}, training={"generation": to_dict(cfg)})
-    return {"steps": steps, "last": last, "trainable_parameters": trainable_count(head.image_adapter)
-            + trainable_count(head.unet) + head.null_condition.numel()}  # fmt: skip
+    last = phase1.train_head(model, head, prepared, steps, cfg, p.log, runner=p.runner, resume=resume)
+    _save_heads(p, vae=vae, image_heads={task: head}, training={"generation": to_dict(cfg)})
+    continued = {"continued_from": str(Path(p.cfg.run.init_from) / HEAD_FOLDERS[task])} if cfg.continue_heads else {}
+    return {
+        **continued,
+        "steps": steps,
+        "last": last,
+        "trainable_parameters": trainable_count(head.image_adapter)
+        + trainable_count(head.unet)
+        + head.null_condition.numel(),
+    }
 
 
 def _phase2_stage(p: Pipeline, model, data, table, cache, resume: bool) -> dict[str, Any]:
-    from unifashion.training.data import triplet_items
-    from unifashion.training.phase2 import train_phase2
-
     cfg, heads = p.cfg.phase2, {}
     captioner = image_head = None
-    if cfg.with_heads and (p.model_dir / "captioner").is_dir():
-        from unifashion.models.captioner import Captioner
-
-        captioner = Captioner.from_pretrained(p.model_dir / "captioner")
+    if cfg.with_heads and (p.model_dir / CAPTION_FOLDER).is_dir():
+        captioner = Captioner.from_pretrained(p.model_dir / CAPTION_FOLDER)
         heads.update(captioner=captioner, itg_rows=cfg.itg_rows, itg_weight=cfg.itg_weight)
-    if cfg.with_heads and (p.model_dir / "generator").is_dir():
-        from unifashion.generation import load_image_head
-        from unifashion.training.generation import text2image_data
-
+    if cfg.with_heads and (p.model_dir / HEAD_FOLDERS["text2image"]).is_dir():
         image_head = load_image_head(p.model_dir, "text2image")
         prepared = text2image_data(model, image_head, data, cache, p.cfg.run.progress and p.main)
-        heads.update(image_head=image_head, latents=prepared.latents, latent_rows=prepared.rows,
-                     q2i_rows=cfg.q2i_rows, q2i_weight=cfg.q2i_weight)  # fmt: skip
+        heads.update(
+            image_head=image_head,
+            latents=prepared.latents,
+            latent_rows=prepared.rows,
+            q2i_rows=cfg.q2i_rows,
+            q2i_weight=cfg.q2i_weight,
+        )
     items = triplet_items(data, table)
     model.qformer.requires_grad_(True)
-    last = train_phase2(model, items, table, p.cfg.retrieval, p.log, runner=p.runner, resume=resume, **heads)
+    last = phase2.train_phase2(model, items, table, p.cfg.retrieval, p.log, runner=p.runner, resume=resume, **heads)
     if p.main:
         _save_phase2(p, model, captioner, image_head)
     p.acc.wait_for_everyone()
@@ -449,30 +474,20 @@ def _phase2_stage(p: Pipeline, model, data, table, cache, resume: bool) -> dict[
 
 def _save_phase2(p: Pipeline, model, captioner, image_head) -> None:
     """The tuned Q-Former and adapters into the growing model (the frozen parts stay as they were)."""
-    from safetensors.torch import save_file
-
-    from unifashion.training.loop import extended_checkpoint
-
-    replaced = {"qformer.safetensors"}
-    with extended_checkpoint(p.model_dir, p.model_dir, replaced=replaced) as (tmp, meta):
-        state = {k: v.detach().cpu().contiguous() for k, v in model.qformer.state_dict().items()}
-        save_file(state, os.fspath(tmp / "qformer.safetensors"))
-        if captioner is not None:
-            shutil.rmtree(tmp / "captioner")
-            captioner.save_pretrained(tmp / "captioner")
-        if image_head is not None:
-            shutil.rmtree(tmp / "generator")
-            image_head.save_pretrained(tmp / "generator", with_vae=False)
-        meta.setdefault("training", {})["phase2"] = to_dict(p.cfg.phase2)
+    add_heads(
+        p.model_dir,
+        p.model_dir,
+        qformer=model.qformer,
+        captioner=captioner,
+        image_heads={"text2image": image_head} if image_head is not None else None,
+        training={"phase2": to_dict(p.cfg.phase2)},
+    )
 
 
 def _finish(p: Pipeline) -> None:
     """The grown model, with the config, the summary and the logs, takes ``out``'s place."""
-    from unifashion.training.loop import extended_checkpoint
-
-    with extended_checkpoint(p.model_dir, p.model_dir, replaced=set(), logs=p.work / "logs") as (tmp, meta):
-        meta.setdefault("training", {})["pipeline"] = {"config": to_dict(p.cfg), "summary": p.summary,
-                                                       "stages": p.done}  # fmt: skip
+    with extended_checkpoint(p.model_dir, p.model_dir, replaced=set(), logs=p.work / LOGS_FOLDER) as (tmp, meta):
+        meta.setdefault("training", {})["pipeline"] = {"config": to_dict(p.cfg), "summary": p.summary, "stages": p.done}
         atomic_write_json(tmp / "training_config.json", to_dict(p.cfg))
     with atomic_directory(p.out) as tmp:
         os.rmdir(tmp)
@@ -482,5 +497,89 @@ def _finish(p: Pipeline) -> None:
 
 def check_output(out: Path) -> None:
     """``out`` may be replaced only when it is absent or a model folder."""
-    if out.exists() and not (out / "config.json").is_file():
+    if out.exists() and not (out / CONFIG_FILE).is_file():
         raise UniFashionError(f"{out}: exists and is not a checkpoint folder; refusing to replace it")
+
+
+# ---------------------------------------------------------------------------
+# the per-part commands: stage selections of the same pipeline
+
+
+def retrieval_part(
+    data: str | os.PathLike,
+    cfg: RetrievalTrainingConfig,
+    *,
+    preset: str = "mini",
+    fmt: str | None = None,
+    split: str = "train",
+    progress: bool = True,
+) -> PipelineConfig:
+    """``unifashion train retrieval``: phase 1a, then phase 2 with L_cir alone (Eq. 10: no heads yet)."""
+    run = RunConfig(
+        data=os.fspath(data),
+        format=fmt,
+        split=split,
+        preset=preset,
+        seed=cfg.seed,
+        progress=progress,
+        stages=("phase1a", "phase2"),
+    )
+    return PipelineConfig(
+        run=run,
+        retrieval=cfg,
+        with_captioning=False,
+        generation=GenerationTrainingConfig(tasks=()),
+        phase2=Phase2Config(with_heads=False),
+    )
+
+
+def captioning_part(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    cfg: CaptionTrainingConfig,
+    *,
+    fmt: str | None = None,
+    split: str = "train",
+    progress: bool = True,
+) -> PipelineConfig:
+    """``unifashion train captioning``: phase 1b of the caption head on the checkpoint ``model``."""
+    run = RunConfig(
+        data=os.fspath(data),
+        format=fmt,
+        split=split,
+        seed=cfg.seed,
+        progress=progress,
+        init_from=os.fspath(model),
+        stages=("phase1b_caption",),
+    )
+    return PipelineConfig(run=run, captioning=cfg, generation=GenerationTrainingConfig(tasks=()))
+
+
+def generation_part(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    cfg: GenerationTrainingConfig,
+    *,
+    fmt: str | None = None,
+    split: str = "train",
+    progress: bool = True,
+) -> PipelineConfig:
+    """``unifashion train generation``: phase 1b of the image heads of ``cfg.tasks`` on the checkpoint
+    ``model``; its ``vae/`` is kept when it has one and ``cfg.reuse_vae`` (else the VAE trains first)."""
+    keep_vae = cfg.reuse_vae and (Path(model) / VAE_FOLDER).is_dir()
+    if cfg.continue_heads and not keep_vae:
+        raise ConfigError(
+            f"continue_heads: the heads of {model} were trained on its {VAE_FOLDER}/, so they continue only with "
+            "that VAE (it has none, or reuse_vae is off)"
+        )
+    stages = (*(() if keep_vae else ("phase1b_vae",)), *(f"phase1b_{t}" for t in cfg.tasks))
+    run = RunConfig(
+        data=os.fspath(data),
+        format=fmt,
+        split=split,
+        seed=cfg.seed,
+        progress=progress,
+        init_from=os.fspath(model),
+        stages=stages,
+    )
+    return PipelineConfig(run=run, with_captioning=False, generation=cfg)

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from unifashion.training.loop import LossLog, adamw, cosine_with_warmup
+from unifashion.training.loop import LossLog, adamw, cosine_with_warmup, seed_everything
 from unifashion.utils.distributed import Shard
 from unifashion.utils.errors import ConfigError
 from unifashion.utils.io import atomic_directory, atomic_write_json
@@ -177,8 +177,15 @@ class StageRunner:
     """Runs stages one after another in one Accelerate context, checkpointing into ``folder``
     (``None``: no checkpoints)."""
 
-    def __init__(self, folder: str | os.PathLike | None, log: LossLog, *, accelerator=None, checkpoint_every: int = 0,
-                 progress: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        folder: str | os.PathLike | None,
+        log: LossLog,
+        *,
+        accelerator=None,
+        checkpoint_every: int = 0,
+        progress: bool = True,
+    ):
         self.folder = Path(folder) if folder else None
         self.log = log
         self.accelerator = accelerator or make_accelerator()
@@ -203,8 +210,9 @@ class StageRunner:
         meta = json.loads(path.read_text(encoding="utf-8"))
         return int(meta["step"]) if meta.get("stage") == stage_name else 0
 
-    def run(self, stage: Stage, optim: OptimConfig, generator: torch.Generator, *, log_every: int = 10,
-            resume: bool = False) -> dict[str, float]:  # fmt: skip
+    def run(
+        self, stage: Stage, optim: OptimConfig, generator: torch.Generator, *, log_every: int = 10, resume: bool = False
+    ) -> dict[str, float]:
         """Train ``stage`` for ``stage.total_steps`` steps (continuing its checkpoint if ``resume``);
         returns the last losses, averaged over processes."""
         acc = self.accelerator
@@ -222,8 +230,13 @@ class StageRunner:
         wrapped = acc.prepare(module) if acc.num_processes > 1 else module
         wrapped.train()
         params = [p for _, p in named]
-        bar = tqdm(total=stage.total_steps, initial=step, desc=stage.name, leave=False,
-                   disable=not (self.progress and acc.is_main_process))  # fmt: skip
+        bar = tqdm(
+            total=stage.total_steps,
+            initial=step,
+            desc=stage.name,
+            leave=False,
+            disable=not (self.progress and acc.is_main_process),
+        )
         last: dict[str, float] = {}
         while step < stage.total_steps:
             batch = stage.next_batch(generator)
@@ -268,8 +281,14 @@ class StageRunner:
                 save_file({k: v.contiguous() for k, v in rng_tensors.items()}, tmp / "rng.safetensors")
                 extra_tensors, extra_meta = stage.state()
                 save_file({k: v.contiguous() for k, v in extra_tensors.items()}, tmp / "stage.safetensors")
-                meta = {"stage": stage.name, "step": step, "optimizer": opt_meta, "rng": rng_meta,
-                        "schedule": schedule.state_dict(), "stage_state": extra_meta}  # fmt: skip
+                meta = {
+                    "stage": stage.name,
+                    "step": step,
+                    "optimizer": opt_meta,
+                    "rng": rng_meta,
+                    "schedule": schedule.state_dict(),
+                    "stage_state": extra_meta,
+                }
                 atomic_write_json(tmp / STATE_FILE, meta)
         acc.wait_for_everyone()
 
@@ -289,3 +308,42 @@ class StageRunner:
         _load_rng(generator, load_file(folder / "rng.safetensors"), meta["rng"])
         stage.load_state(load_file(folder / "stage.safetensors"), meta["stage_state"])
         return int(meta["step"])
+
+
+def run_stage(
+    make_stage: Callable[[], Stage],
+    optim: OptimConfig,
+    *,
+    seed: int,
+    log_every: int,
+    log: LossLog,
+    runner: StageRunner | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> dict[str, float]:
+    """Seed, build and train one stage: what every ``train_*`` function of phase 1 and 2 shares.
+    Without ``runner``, one that keeps no checkpoints and logs to ``log``. Returns the last losses."""
+    generator = seed_everything(seed)
+    stage = make_stage()
+    runner = runner or StageRunner(None, log, progress=progress)
+    return runner.run(stage, optim, generator, log_every=log_every, resume=resume)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s weights are (batches are drawn on the CPU and moved there)."""
+    return next(module.parameters()).device
+
+
+class EpochStage(StageBase):
+    """A stage whose global batches are rows of shuffled epochs (``self.stream``), resumable mid-epoch."""
+
+    stream: EpochStream
+
+    def next_batch(self, generator: torch.Generator) -> list[int]:
+        return self.stream.next(generator)
+
+    def state(self):
+        return {}, self.stream.state()
+
+    def load_state(self, tensors, meta) -> None:
+        self.stream.load_state(meta)

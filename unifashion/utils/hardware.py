@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
+
+import torch
 
 
 @functools.cache
@@ -19,6 +22,16 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(enabled: bool, device: torch.device | str = "cpu"):
+    """bf16 autocast where it is fast (CUDA, or CPUs with native bf16); otherwise a no-op."""
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def quiet_libraries() -> None:

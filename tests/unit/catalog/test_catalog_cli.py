@@ -9,15 +9,33 @@ import pytest
 from unifashion import cli
 from unifashion.catalog.build import read_products
 from unifashion.catalog.store import Catalog
-from unifashion.models.unifashion import UniFashion
+from unifashion.pipelines.unifashion import UniFashion
 
 pytestmark = pytest.mark.slow
 
 
 def test_build_add_remove_info(shop, tmp_path, capsys):
     out = tmp_path / "cat"
-    assert cli.main(["catalog", "build", "--model", str(shop.model), "--data", str(shop.data), "--out", str(out),
-                     "--split", "train", "--captions", "none", "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "catalog",
+                "build",
+                "--model",
+                str(shop.model),
+                "--data",
+                str(shop.data),
+                "--out",
+                str(out),
+                "--split",
+                "train",
+                "--captions",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     train = [p for p in read_products(shop.data, ["train"])]
     cat = Catalog.open(out)
     assert cat.ids == [p.id for p in train] and not cat.has_captions
@@ -27,16 +45,32 @@ def test_build_add_remove_info(shop, tmp_path, capsys):
     want = model.encode_images([p.images[0] for p in train[:4]]).float().numpy()
     np.testing.assert_allclose(cat.vectors.queries[:4], want, atol=1e-6)
 
-    assert cli.main(["catalog", "add", "--catalog", str(out), "--data", str(shop.data), "--split", "val",
-                     "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(["catalog", "add", "--catalog", str(out), "--data", str(shop.data), "--split", "val", "--quiet"]) == 0
+    )
     val = read_products(shop.data, ["val"])
     grown = Catalog.open(out)
     assert len(grown) == len(train) + len(val) and val[0].id in grown
     # The same products again: refused without --replace, naming one of them.
     assert cli.main(["catalog", "add", "--catalog", str(out), "--data", str(shop.data), "--split", "val"]) == 1
     assert val[0].id in capsys.readouterr().err
-    assert cli.main(["catalog", "add", "--catalog", str(out), "--data", str(shop.data), "--split", "val",
-                     "--replace", "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "catalog",
+                "add",
+                "--catalog",
+                str(out),
+                "--data",
+                str(shop.data),
+                "--split",
+                "val",
+                "--replace",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len(Catalog.open(out)) == len(grown)
 
     assert cli.main(["catalog", "remove", "--catalog", str(out), "--ids", train[0].id, val[0].id]) == 0
@@ -50,8 +84,26 @@ def test_build_add_remove_info(shop, tmp_path, capsys):
 
 def test_build_with_an_approximate_index_and_the_models_captions(shop, tmp_path):
     out = tmp_path / "cat"
-    assert cli.main(["catalog", "build", "--model", str(shop.model), "--data", str(shop.data), "--out", str(out),
-                     "--index", "hnsw", "--captions", "generate", "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "catalog",
+                "build",
+                "--model",
+                str(shop.model),
+                "--data",
+                str(shop.data),
+                "--out",
+                str(out),
+                "--index",
+                "hnsw",
+                "--captions",
+                "generate",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cat = Catalog.open(out)
     assert set(cat.manifest["kinds"].values()) == {"hnsw"} and cat.manifest["caption_source"] == "generated:description"
     model = UniFashion.from_pretrained(shop.model)
@@ -64,8 +116,10 @@ def test_errors_name_what_is_wrong(shop, tmp_path, capsys):
     assert "no CURRENT" in capsys.readouterr().err
     no_model = tmp_path / "empty"
     no_model.mkdir()
-    assert cli.main(["catalog", "add", "--catalog", str(shop.catalog), "--data", str(shop.data),
-                     "--model", str(no_model)]) == 1  # fmt: skip
+    assert (
+        cli.main(["catalog", "add", "--catalog", str(shop.catalog), "--data", str(shop.data), "--model", str(no_model)])
+        == 1
+    )
     assert "not a UniFashion checkpoint folder (no config.json)" in capsys.readouterr().err
     copy = tmp_path / "copy"
     shutil.copytree(shop.catalog, copy)

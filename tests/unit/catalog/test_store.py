@@ -26,9 +26,18 @@ def _products(n, seed=0, prefix="p"):
     means = _unit(queries.mean(axis=1))
     captions = _unit(rng.normal(size=(n, E)))
     captions[::5] = 0.0  # every fifth product has no caption
-    entries = [ProductEntry(f"{prefix}{i}", ("dress", "shirt", "skirt")[i % 3], f"img{i}".encode(), "image/png",
-                            title=f"title {i}", captions=(f"caption {i}",), attributes={"colour": "red"})
-               for i in range(n)]  # fmt: skip
+    entries = [
+        ProductEntry(
+            f"{prefix}{i}",
+            ("dress", "shirt", "skirt")[i % 3],
+            f"img{i}".encode(),
+            "image/png",
+            title=f"title {i}",
+            captions=(f"caption {i}",),
+            attributes={"colour": "red"},
+        )
+        for i in range(n)
+    ]
     return entries, ProductVectors(queries, means, captions)
 
 
@@ -63,8 +72,15 @@ def test_filters_and_metadata(tmp_path):
     assert len(hits) == 6 and {cat.product(h.id)["category"] for h in hits} == {"shirt"}
     assert "p4" not in [h.id for h in cat.search(q, k=5, exclude=["p4"])]
     assert cat.search(q, k=100)[-1] and len(cat.search(q, k=100)) == 30
-    assert cat.product("p3") == {"id": "p3", "category": "dress", "title": "title 3", "captions": ["caption 3"],
-                                 "generated_caption": "", "attributes": {"colour": "red"}, "image_mime": "image/png"}  # fmt: skip
+    assert cat.product("p3") == {
+        "id": "p3",
+        "category": "dress",
+        "title": "title 3",
+        "captions": ["caption 3"],
+        "generated_caption": "",
+        "attributes": {"colour": "red"},
+        "image_mime": "image/png",
+    }
     assert cat.image("p3") == (b"img3", "image/png")
     assert cat.categories() == ["dress", "shirt", "skirt"]
     with pytest.raises(CatalogError, match="16-dim"):
@@ -135,8 +151,11 @@ def test_a_writer_killed_half_way_leaves_the_previous_catalog_live(tmp_path):
     entries, vectors = _products(25)
     folder = tmp_path / "c"
     before = Catalog.create(folder, entries, vectors, model={})
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER.format(here=__file__, folder=str(folder))],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER.format(here=__file__, folder=str(folder))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"
         assert list(folder.glob(".building-*/vectors.safetensors"))  # half a version on disk

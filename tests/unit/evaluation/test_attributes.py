@@ -42,9 +42,13 @@ def test_attribute_lines_round_trip():
 def test_long_sleeve_is_not_a_length_and_pattern_colours_are_not_the_colour():
     stated = parse_attributes("Long sleeve top in navy. White stripes throughout. V-neck collar.")
     assert stated == {
-        "category": "toptee", "colour": "navy", "pattern": "stripes", "pattern_colour": "white",
-        "sleeve": "long", "neckline": "v-neck",
-    }  # fmt: skip
+        "category": "toptee",
+        "colour": "navy",
+        "pattern": "stripes",
+        "pattern_colour": "white",
+        "sleeve": "long",
+        "neckline": "v-neck",
+    }
     assert parse_attributes("Checked in red.")["pattern_colour"] == "red"
     assert "colour" not in parse_attributes("Checked in red.")
 

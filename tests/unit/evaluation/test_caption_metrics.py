@@ -51,8 +51,9 @@ def test_wrapper_equals_pycocoevalcap_called_directly():
 
 @needs_java
 def test_perfect_captions_and_a_hand_computed_bleu():
-    perfect = C.coco_caption_scores({"x": ["a red dress"], "y": ["blue skirt with pockets"]},
-                                    {"x": "a red dress", "y": "blue skirt with pockets"})  # fmt: skip
+    perfect = C.coco_caption_scores(
+        {"x": ["a red dress"], "y": ["blue skirt with pockets"]}, {"x": "a red dress", "y": "blue skirt with pockets"}
+    )
     assert perfect["BLEU-1"] == pytest.approx(100.0, abs=1e-4)
     assert perfect["ROUGE-L"] == pytest.approx(100.0)
     # One item, candidate "a red dress" vs reference "a red dress with sleeves":

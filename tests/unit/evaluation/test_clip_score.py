@@ -25,8 +25,14 @@ def _reference_cosines(folder, images, texts):
 
     model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
     proc = CLIPProcessor.from_pretrained(folder)
-    inputs = proc(text=texts, images=[Image.fromarray(im) for im in images], return_tensors="pt", padding=True,
-                  truncation=True, max_length=model.config.text_config.max_position_embeddings)  # fmt: skip
+    inputs = proc(
+        text=texts,
+        images=[Image.fromarray(im) for im in images],
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=model.config.text_config.max_position_embeddings,
+    )
     with torch.no_grad():
         out = model(**inputs)
     return (out.image_embeds * out.text_embeds).sum(-1), inputs["input_ids"]

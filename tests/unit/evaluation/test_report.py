@@ -68,8 +68,15 @@ def run(tmp_path) -> tuple[Path, dict]:
     (tmp_path / "logs" / "retrieval.csv").write_text(LOG)
     hit = {"image": "samples/a.png", "id": "p1", "match": True}
     miss = {"image": "samples/b.png", "id": "p2", "match": False}
-    caption_scores = {"BLEU-1": 50.0, "BLEU-2": 40.0, "BLEU-3": 30.0, "BLEU-4": 20.0, "METEOR": 25.0,
-                      "ROUGE-L": 45.0, "CIDEr": 123.456}  # fmt: skip
+    caption_scores = {
+        "BLEU-1": 50.0,
+        "BLEU-2": 40.0,
+        "BLEU-3": 30.0,
+        "BLEU-4": 20.0,
+        "METEOR": 25.0,
+        "ROUGE-L": 45.0,
+        "CIDEr": 123.456,
+    }
     report = {
         "title": "Quickstart <small>",
         "size": "small",
@@ -207,9 +214,16 @@ def test_a_report_with_only_timing_says_not_run(tmp_path):
 
 
 def test_wrong_shapes_render_as_not_run(tmp_path):
-    report = {"cmr": "oops", "captioning": [1], "generation": {"samplers": 3}, "cir": {"per_category": None},
-              "samples": {"text_search": "x"}, "curves": {"a": 5}, "timing": {"stages": {"x": "?"}},
-              "notes": "one"}  # fmt: skip
+    report = {
+        "cmr": "oops",
+        "captioning": [1],
+        "generation": {"samplers": 3},
+        "cir": {"per_category": None},
+        "samples": {"text_search": "x"},
+        "curves": {"a": 5},
+        "timing": {"stages": {"x": "?"}},
+        "notes": "one",
+    }
     text = render_report(report, tmp_path).read_text()
     assert "not run" in _section(text, TITLES["cmr"])
     assert "no log" in _section(text, "Training curves")

@@ -29,8 +29,22 @@ def trained(tmp_path_factory):
     )
     model = root / "model"
     code = cli.main(
-        ["train", "retrieval", "--data", str(data), "--out", str(model), "--preset", "tiny",
-         "--phase1-epochs", "2", "--phase2-epochs", "2", "--batch-size", "32"]
-    )  # fmt: skip
+        [
+            "train",
+            "retrieval",
+            "--data",
+            str(data),
+            "--out",
+            str(model),
+            "--preset",
+            "tiny",
+            "--phase1-epochs",
+            "2",
+            "--phase2-epochs",
+            "2",
+            "--batch-size",
+            "32",
+        ]
+    )
     assert code == 0
     return data, model

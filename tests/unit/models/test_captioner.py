@@ -32,9 +32,10 @@ def test_soft_prompt_path_equals_the_token_path_when_the_soft_prompt_embeds_real
         new = captioner.generate_from_embeddings(embeds, decoding)[0]
         with torch.no_grad():
             full = captioner.llm.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), **decoding.generate_kwargs(captioner.end_id,
-                captioner.pad_id)
-            )[0, ids.shape[1] :].tolist()  # fmt: skip
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                **decoding.generate_kwargs(captioner.end_id, captioner.pad_id),
+            )[0, ids.shape[1] :].tolist()
         assert len(new) > 0
         assert new == full[: len(new)] and (len(new) == len(full) or full[len(new)] == captioner.end_id)
     # Sampling at a near-zero temperature is greedy decoding.
@@ -55,8 +56,13 @@ def test_itg_loss_equals_the_language_model_loss_on_the_answer_tokens(captioner)
     for i, (s, a) in enumerate(zip(styles, answers, strict=True)):
         prefix, suffix = captioner.prompt_ids(s)
         target = captioner.tokenizer(a, add_special_tokens=False)["input_ids"] + [captioner.end_id]
-        e = torch.cat([captioner.llm.get_input_embeddings()(torch.tensor(prefix)), soft[i],
-                       captioner.llm.get_input_embeddings()(torch.tensor(suffix + target))])  # fmt: skip
+        e = torch.cat(
+            [
+                captioner.llm.get_input_embeddings()(torch.tensor(prefix)),
+                soft[i],
+                captioner.llm.get_input_embeddings()(torch.tensor(suffix + target)),
+            ]
+        )
         rows.append(e)
         labels.append(torch.tensor([-100] * (len(prefix) + 8 + len(suffix)) + target))
     losses, counts = [], []

@@ -7,19 +7,37 @@ import pytest
 import torch
 
 from unifashion import cli
-from unifashion.captioning import caption_images, load_captioning_model
 from unifashion.data.captions import style_texts
 from unifashion.data.formats import read_split
 from unifashion.evaluation.captioning import nearest_neighbour_captions
 from unifashion.models.captioner import Captioner, Decoding
+from unifashion.pipelines.captioning import caption_images, load_captioning_model
 
 
 @pytest.fixture(scope="module")
 def captioned(trained, tmp_path_factory):
     data, retrieval = trained
     out = tmp_path_factory.mktemp("captioning") / "model"
-    code = cli.main(["train", "captioning", "--model", str(retrieval), "--data", str(data), "--out", str(out),
-                     "--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--lora-rank", "8"])  # fmt: skip
+    code = cli.main(
+        [
+            "train",
+            "captioning",
+            "--model",
+            str(retrieval),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--lora-rank",
+            "8",
+        ]
+    )
     assert code == 0
     return data, retrieval, out
 
@@ -37,7 +55,7 @@ def test_the_checkpoint_keeps_the_retrieval_weights_and_adds_the_caption_head(ca
     }
     rows = (model / "logs" / "losses_phase1b_caption.csv").read_text().splitlines()
     assert rows[0] == "phase,step,epoch,seconds,lr,loss,itg" and len(rows) >= 2
-    assert meta["training"]["captioning"]["summary"]["trainable_parameters"] > 0
+    assert meta["training"]["pipeline"]["summary"]["phase1b_caption"]["trainable_parameters"] > 0
     assert not (model.parent / "model.logs").exists()
 
 
@@ -91,8 +109,24 @@ def test_nearest_neighbour_baseline_returns_the_closest_training_caption(caption
 def test_eval_captioning_reports_metrics_attributes_and_the_baseline(captioned, tmp_path, capsys):
     data, _, model = captioned
     out = tmp_path / "captioning.json"
-    code = cli.main(["eval", "captioning", "--model", str(model), "--data", str(data), "--split", "val",
-                     "--styles", "description,attributes", "--max-new-tokens", "24", "--json", str(out)])  # fmt: skip
+    code = cli.main(
+        [
+            "eval",
+            "captioning",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--styles",
+            "description,attributes",
+            "--max-new-tokens",
+            "24",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())["splits"]["val"]
     val = read_split(data, "val")
@@ -112,8 +146,24 @@ def test_eval_captioning_reports_metrics_attributes_and_the_baseline(captioned, 
 def test_caption_assisted_cir_reports_the_table_4_variants(captioned, tmp_path):
     data, _, model = captioned
     out = tmp_path / "cir.json"
-    code = cli.main(["eval", "retrieval", "--model", str(model), "--data", str(data), "--split", "val",
-                     "--rerank-k", "0", "--cir-rerank-k", "0", "--json", str(out)])  # fmt: skip
+    code = cli.main(
+        [
+            "eval",
+            "retrieval",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--rerank-k",
+            "0",
+            "--cir-rerank-k",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     cir = json.loads(out.read_text())["splits"]["val"]["cir"]
     v = cir["variants"]
@@ -133,8 +183,24 @@ def test_ground_truth_captions_as_the_candidate_library(captioned, tmp_path):
     library = tmp_path / "captions.json"
     library.write_text(json.dumps({p.id: p.captions[0] for p in val.products}))
     out = tmp_path / "cir.json"
-    args = ["eval", "retrieval", "--model", str(model), "--data", str(data), "--split", "val", "--rerank-k", "0",
-            "--cir-rerank-k", "0", "--json", str(out), "--candidate-captions", str(library)]  # fmt: skip
+    args = [
+        "eval",
+        "retrieval",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--split",
+        "val",
+        "--rerank-k",
+        "0",
+        "--cir-rerank-k",
+        "0",
+        "--json",
+        str(out),
+        "--candidate-captions",
+        str(library),
+    ]
     assert cli.main(args) == 0
     v = json.loads(out.read_text())["splits"]["val"]["cir"]["variants"]
     assert v["captions"] == str(library)

@@ -14,9 +14,29 @@ from unifashion import cli
 def with_heads(trained, tmp_path_factory):
     data, model = trained
     out = tmp_path_factory.mktemp("generation") / "model"
-    code = cli.main(["train", "generation", "--model", str(model), "--data", str(data), "--out", str(out),
-                     "--vae-steps", "30", "--steps", "30", "--tryon-steps", "10", "--design-steps", "10",
-                     "--batch-size", "8", "--no-bf16"])  # fmt: skip
+    code = cli.main(
+        [
+            "train",
+            "generation",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--vae-steps",
+            "30",
+            "--steps",
+            "30",
+            "--tryon-steps",
+            "10",
+            "--design-steps",
+            "10",
+            "--batch-size",
+            "8",
+            "--no-bf16",
+        ]
+    )
     assert code == 0
     return data, model, out
 
@@ -28,9 +48,9 @@ def test_training_writes_the_vae_and_one_head_per_task(with_heads):
     for sub in ("vae", "generator", "tryon", "design"):
         assert any((out / sub).rglob("*.safetensors")), sub
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
-    summary = meta["training"]["generation"]["summary"]
-    assert summary["vae"]["latent_scale"] > 0
-    assert 0 <= summary["vae"]["train_fidelity"]["colour_kept"] <= 100
+    summary = meta["training"]["pipeline"]["summary"]
+    assert summary["phase1b_vae"]["latent_scale"] > 0
+    assert 0 <= summary["phase1b_vae"]["train_fidelity"]["colour_kept"] <= 100
     assert (out / "logs" / "losses_phase1b_text2image.csv").is_file()
     # The retrieval weights travel unchanged.
     assert (out / "qformer.safetensors").read_bytes() == (model / "qformer.safetensors").read_bytes()
@@ -39,8 +59,25 @@ def test_training_writes_the_vae_and_one_head_per_task(with_heads):
 def test_a_second_run_reuses_the_vae_and_keeps_other_heads(with_heads, tmp_path):
     data, _, out = with_heads
     again = tmp_path / "again"
-    code = cli.main(["train", "generation", "--model", str(out), "--data", str(data), "--out", str(again),
-                     "--tasks", "tryon", "--tryon-steps", "5", "--batch-size", "4", "--no-bf16"])  # fmt: skip
+    code = cli.main(
+        [
+            "train",
+            "generation",
+            "--model",
+            str(out),
+            "--data",
+            str(data),
+            "--out",
+            str(again),
+            "--tasks",
+            "tryon",
+            "--tryon-steps",
+            "5",
+            "--batch-size",
+            "4",
+            "--no-bf16",
+        ]
+    )
     assert code == 0
     assert (again / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         out / "vae" / "diffusion_pytorch_model.safetensors"
@@ -49,7 +86,8 @@ def test_a_second_run_reuses_the_vae_and_keeps_other_heads(with_heads, tmp_path)
         out / "design" / "adapter.safetensors"
     ).read_bytes()
     meta = json.loads((again / "config.json").read_text())
-    assert "reused" in meta["training"]["generation"]["summary"]["vae"]
+    # The checkpoint's VAE is kept: its stage does not run.
+    assert meta["training"]["pipeline"]["stages"] == ["phase1b_tryon"]
 
 
 def test_continue_starts_from_the_checkpoints_head(with_heads, tmp_path):
@@ -58,26 +96,63 @@ def test_continue_starts_from_the_checkpoints_head(with_heads, tmp_path):
     for flags, same in (([], False), (["--continue"], True)):
         again = tmp_path / ("continued" if flags else "fresh")
         # Learning rate 0: the weights stay where they started.
-        code = cli.main(["train", "generation", "--model", str(out), "--data", str(data), "--out", str(again),
-                         "--tasks", "text2image", "--steps", "3", "--lr", "0", "--batch-size", "4", "--no-bf16",
-                         "--noisy-share", "0.5", "--noise-offset", "0.1", *flags])  # fmt: skip
+        code = cli.main(
+            [
+                "train",
+                "generation",
+                "--model",
+                str(out),
+                "--data",
+                str(data),
+                "--out",
+                str(again),
+                "--tasks",
+                "text2image",
+                "--steps",
+                "3",
+                "--lr",
+                "0",
+                "--batch-size",
+                "4",
+                "--no-bf16",
+                "--noisy-share",
+                "0.5",
+                "--noise-offset",
+                "0.1",
+                *flags,
+            ]
+        )
         assert code == 0
         assert ((again / weights).read_bytes() == (out / weights).read_bytes()) is same, flags
         assert (again / "tryon").is_dir() and (again / "design").is_dir()
-    summary = json.loads((again / "config.json").read_text())["training"]["generation"]
-    assert summary["summary"]["heads"]["text2image"]["continued_from"] == str(out / "generator")
-    assert summary["generation"]["noise_offset"] == 0.1 and summary["generation"]["noisy_share"] == 0.5
+    training = json.loads((again / "config.json").read_text())["training"]
+    assert training["pipeline"]["summary"]["phase1b_text2image"]["continued_from"] == str(out / "generator")
+    assert training["generation"]["noise_offset"] == 0.1 and training["generation"]["noisy_share"] == 0.5
 
 
 def test_continue_refuses_a_new_vae_or_a_missing_head(with_heads, tmp_path, capsys):
     data, _, out = with_heads
-    base = ["train", "generation", "--data", str(data), "--steps", "2", "--vae-steps", "2", "--batch-size", "4",
-            "--no-bf16", "--continue"]  # fmt: skip
+    base = [
+        "train",
+        "generation",
+        "--data",
+        str(data),
+        "--steps",
+        "2",
+        "--vae-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--no-bf16",
+        "--continue",
+    ]
     assert cli.main([*base, "--model", str(out), "--out", str(tmp_path / "a"), "--retrain-vae"]) != 0
     assert "only with that VAE" in capsys.readouterr().err
     partial = tmp_path / "partial"
-    assert cli.main([*base[:-1], "--model", str(out), "--out", str(partial), "--tasks", "tryon",
-                     "--tryon-steps", "2"]) == 0  # fmt: skip
+    assert (
+        cli.main([*base[:-1], "--model", str(out), "--out", str(partial), "--tasks", "tryon", "--tryon-steps", "2"])
+        == 0
+    )
     shutil.rmtree(partial / "generator")
     assert cli.main([*base, "--model", str(partial), "--out", str(tmp_path / "b"), "--tasks", "text2image"]) != 0
     assert "no text2image head (generator/)" in capsys.readouterr().err
@@ -87,10 +162,32 @@ def test_continue_refuses_a_new_vae_or_a_missing_head(with_heads, tmp_path, caps
 def test_eval_generation_reports_every_figure(with_heads, tiny_clip, tmp_path):
     data, _, out = with_heads
     js = tmp_path / "gen.json"
-    code = cli.main(["eval", "generation", "--model", str(out), "--data", str(data), "--split", "val",
-                     "--limit", "6", "--steps", "2", "--sampler-sweep", "plms:4,ddim:2,dpm++:2",
-                     "--batch-size", "6", "--json", str(js), "--samples", str(tmp_path / "sheets"),
-                     "--clip-model", str(tiny_clip)])  # fmt: skip
+    code = cli.main(
+        [
+            "eval",
+            "generation",
+            "--model",
+            str(out),
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--limit",
+            "6",
+            "--steps",
+            "2",
+            "--sampler-sweep",
+            "plms:4,ddim:2,dpm++:2",
+            "--batch-size",
+            "6",
+            "--json",
+            str(js),
+            "--samples",
+            str(tmp_path / "sheets"),
+            "--clip-model",
+            str(tiny_clip),
+        ]
+    )
     assert code == 0
     r = json.loads(js.read_text())["splits"]["val"]
     for key in (
@@ -126,26 +223,97 @@ def test_generate_tryon_and_design_commands_write_images(with_heads, tmp_path):
     s = rows[0]
     product = json.loads((data / "products.jsonl").read_text().splitlines()[0])
     image = str(data / product["image"])
-    assert cli.main(["generate", "--model", str(out), "--text", "a red dress", "--steps", "3", "--num", "2",
-                     "--out", str(tmp_path / "g.png")]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--model",
+                str(out),
+                "--text",
+                "a red dress",
+                "--steps",
+                "3",
+                "--num",
+                "2",
+                "--out",
+                str(tmp_path / "g.png"),
+            ]
+        )
+        == 0
+    )
     a = np.asarray(Image.open(tmp_path / "g_0.png"))
     assert a.shape[2] == 3 and (tmp_path / "g_1.png").is_file()
     # Same seed, same image.
-    assert cli.main(["generate", "--model", str(out), "--text", "a red dress", "--steps", "3",
-                     "--out", str(tmp_path / "again.png")]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--model",
+                str(out),
+                "--text",
+                "a red dress",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "again.png"),
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), a)
-    assert cli.main(["generate", "--model", str(out), "--image", image, "--text", "make it blue", "--steps", "2",
-                     "--sampler", "plms", "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--model",
+                str(out),
+                "--image",
+                image,
+                "--text",
+                "make it blue",
+                "--steps",
+                "2",
+                "--sampler",
+                "plms",
+                "--out",
+                str(tmp_path / "c.png"),
+            ]
+        )
+        == 0
+    )
     person = str(data / s["person"])
-    common = ["--model", str(out), "--person", person, "--mask", str(data / s["agnostic_mask"]),
-              "--pose", str(data / s["pose"]), "--steps", "2"]  # fmt: skip
+    common = [
+        "--model",
+        str(out),
+        "--person",
+        person,
+        "--mask",
+        str(data / s["agnostic_mask"]),
+        "--pose",
+        str(data / s["pose"]),
+        "--steps",
+        "2",
+    ]
     assert cli.main(["tryon", *common, "--cloth", str(data / s["cloth"]), "--out", str(tmp_path / "t.png")]) == 0
-    assert cli.main(["design", *common, "--text", s["text"], "--sketch", str(data / s["sketch"]),
-                     "--out", str(tmp_path / "d.png")]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "design",
+                *common,
+                "--text",
+                s["text"],
+                "--sketch",
+                str(data / s["sketch"]),
+                "--out",
+                str(tmp_path / "d.png"),
+            ]
+        )
+        == 0
+    )
     tryon = np.asarray(Image.open(tmp_path / "t.png")).astype(int)
     # Outside the mask the person is kept pixel for pixel (at the head's resolution).
     from unifashion.data.records import ImageRef
-    from unifashion.generation import fit_image, fit_mask
+    from unifashion.pipelines.generation import fit_image, fit_mask
 
     hw = tryon.shape[:2]
     src = fit_image(Image.open(person), hw).astype(int)

@@ -12,7 +12,6 @@ from unifashion.evaluation.generation import (
     garment_colour,
     outside_mask_change,
 )
-from unifashion.generation import paste_back
 from unifashion.models.generator import (
     POSE_POINTS,
     SAMPLERS,
@@ -24,6 +23,7 @@ from unifashion.models.generator import (
     to_pixels,
     training_schedule,
 )
+from unifashion.pipelines.generation import paste_back
 from unifashion.utils.errors import ConfigError, UniFashionError
 
 TINY = get_preset("tiny").diffusion
@@ -71,10 +71,14 @@ def test_dropped_condition_makes_the_states_irrelevant():
     gen = Generator.build(TINY, "text2image", 64)
     latents = torch.randn(3, 4, 16, 16)
     sched = training_schedule(TINY)
-    loss = [gen.q2i_loss(latents, _states(3, seed=s), None, None, sched, torch.Generator().manual_seed(7), drop_rate=1.0)
-            for s in (1, 2)]  # fmt: skip
-    kept = [gen.q2i_loss(latents, _states(3, seed=s), None, None, sched, torch.Generator().manual_seed(7), drop_rate=0.0)
-            for s in (1, 2)]  # fmt: skip
+    loss = [
+        gen.q2i_loss(latents, _states(3, seed=s), None, None, sched, torch.Generator().manual_seed(7), drop_rate=1.0)
+        for s in (1, 2)
+    ]
+    kept = [
+        gen.q2i_loss(latents, _states(3, seed=s), None, None, sched, torch.Generator().manual_seed(7), drop_rate=0.0)
+        for s in (1, 2)
+    ]
     assert torch.allclose(loss[0], loss[1])
     assert not torch.allclose(kept[0], kept[1])
 
@@ -195,16 +199,17 @@ def test_paste_back_keeps_everything_outside_the_mask():
     )
 
 
-@pytest.mark.slow
-def test_the_condition_conditions_a_tiny_model_overfitted_on_two_colours():
-    """Two prompts, a red and a blue garment: after overfitting, each prompt draws its colour."""
+def _overfit_on_two_colours(seed=0, draws=8):
+    """A tiny text-to-image head overfitted on a red and a blue garment ("a red dress", "a blue
+    dress"), then sampled ``draws`` times per prompt: the mean garment colour (R, G, B) of each
+    prompt's draws, red prompt first."""
     from unifashion.config import GenerationTrainingConfig
-    from unifashion.generation import text_condition
     from unifashion.models.retrieval import RetrievalModel
-    from unifashion.training.generation import latent_scale, train_vae
+    from unifashion.pipelines.generation import text_condition
     from unifashion.training.loop import LossLog, adamw
+    from unifashion.training.phase1 import latent_scale, train_vae
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = RetrievalModel.build("tiny").eval()
     red, blue = _garment((200, 30, 40), size=16), _garment((45, 95, 210), size=16)
     pixels = np.stack([red, blue])
@@ -217,22 +222,42 @@ def test_the_condition_conditions_a_tiny_model_overfitted_on_two_colours():
     rows = torch.arange(8) % 2
     opt = adamw(list(gen.named_parameters()), 2e-3, 0.0)
     sched = training_schedule(TINY)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     gen.train()
     for _ in range(400):
-        loss = gen.q2i_loss(latents[rows], states[rows], mask[rows], None, sched, g, drop_rate=0.1, noisy_share=0.5)
+        # Offset noise (the training default): without it the colour at sampling time follows the
+        # random mean of the starting noise as much as the prompt (see Generator.q2i_loss).
+        loss = gen.q2i_loss(
+            latents[rows], states[rows], mask[rows], None, sched, g, drop_rate=0.1, noisy_share=0.5, noise_offset=0.1
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
     gen.eval()
-    out = to_pixels(gen.decode_latents(gen.sample(states, mask, sampler="plms", steps=20, guidance_scale=3.0)))
-    garment = np.s_[4:12, 5:11]
-    r_img, b_img = out[0][garment].reshape(-1, 3).mean(0), out[1][garment].reshape(-1, 3).mean(0)
-    # Red prompt: a red garment; blue prompt: a garment far bluer than it (after 400 steps the
-    # blue one is still pale, so the test compares the two rather than asking for pure blue).
+    # Several starting noises per prompt (rows red, blue, red, blue, ...): one draw alone can still
+    # land on the other colour now and then; the mean over the draws is what the prompt decides.
+    many = torch.arange(2 * draws) % 2
+    out = to_pixels(
+        gen.decode_latents(gen.sample(states[many], mask[many], sampler="plms", steps=20, guidance_scale=3.0))
+    )
+    colours = out[:, 4:12, 5:11].reshape(2 * draws, -1, 3).mean(1)
+    return colours[0::2].mean(0), colours[1::2].mean(0)
+
+
+@pytest.mark.slow
+def test_the_condition_conditions_a_tiny_model_overfitted_on_two_colours():
+    """Two prompts, a red and a blue garment: after overfitting, each prompt draws its colour."""
+    r_img, b_img = _overfit_on_two_colours()
+    # Means over 8 draws per prompt. Over 12 runs (seeds 0-3 with 1 thread, seeds 0-1 with 2 threads,
+    # each with oneDNN's AVX512 and AVX2 kernels) the smallest values were: red R - B 113, blue B - R
+    # 79, both 216, R red - R blue 58 (the blue garment can still be pale), B blue - B red 144.
+    # Each prompt's garment is its own colour (red: 200, 30, 40; blue: 45, 95, 210) ...
     assert r_img[0] > r_img[2] + 60, (r_img, b_img)
-    assert b_img[2] > b_img[0] + 20, (r_img, b_img)
+    assert b_img[2] > b_img[0] + 40, (r_img, b_img)
     assert (b_img[2] - b_img[0]) - (r_img[2] - r_img[0]) > 120, (r_img, b_img)
+    # ... and the two prompts differ the right way round: the red one redder, the blue one bluer.
+    assert r_img[0] > b_img[0] + 20, (r_img, b_img)
+    assert b_img[2] > r_img[2] + 60, (r_img, b_img)
 
 
 def test_given_starting_noise_replaces_the_seeds_draw():

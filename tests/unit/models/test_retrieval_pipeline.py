@@ -18,8 +18,8 @@ def test_training_writes_a_checkpoint_with_logs(trained):
     _, model = trained
     meta = json.loads((model / "config.json").read_text())
     assert meta["heads"] == ["retrieval"] and meta["config"]["preset"] == "tiny"
-    summary = meta["training"]["summary"]
-    assert summary["phase1a"]["itc"] > 0 and summary["phase2"]["itc_target"] > 0
+    summary = meta["training"]["pipeline"]["summary"]
+    assert summary["phase1a"]["last"]["itc"] > 0 and summary["phase2"]["last"]["itc_target"] > 0
     rows = (model / "logs" / "losses_phase1a.csv").read_text().splitlines()
     assert rows[0].startswith("phase,step,epoch,seconds,lr,loss,itc,itm") and len(rows) >= 2
     assert (model / "logs" / "losses_phase2.csv").exists()
@@ -30,8 +30,24 @@ def test_eval_json_and_dump_agree(trained, tmp_path, capsys):
     data, model = trained
     out = tmp_path / "eval.json"
     dump = tmp_path / "dump"
-    code = cli.main(["eval", "retrieval", "--model", str(model), "--data", str(data), "--split", "train,val",
-                     "--json", str(out), "--dump", str(dump), "--rerank-k", "5"])  # fmt: skip
+    code = cli.main(
+        [
+            "eval",
+            "retrieval",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--split",
+            "train,val",
+            "--json",
+            str(out),
+            "--dump",
+            str(dump),
+            "--rerank-k",
+            "5",
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     train = result["splits"]["train"]

@@ -10,17 +10,16 @@ import torch
 from PIL import Image
 
 from unifashion import cli
-from unifashion.backbones.feature_cache import FeatureCache
-from unifashion.captioning import caption_images, load_captioning_model
+from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
 from unifashion.data.formats import read_split
 from unifashion.data.records import ImageRef
-from unifashion.evaluation.retrieval import encode_composed, encode_images, encode_texts
-from unifashion.generation import fit_image, fit_mask, generate_images, load_generation_model
 from unifashion.models.captioner import Decoding
 from unifashion.models.qformer import max_over_queries
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.models.unifashion import UniFashion
-from unifashion.training.data import FeatureTable
+from unifashion.pipelines.captioning import caption_images, load_captioning_model
+from unifashion.pipelines.generation import fit_image, fit_mask, generate_images, load_generation_model
+from unifashion.pipelines.retrieval import encode_composed, encode_images, encode_texts
+from unifashion.pipelines.unifashion import UniFashion
 from unifashion.utils.errors import PickleCheckpointError, UniFashionError
 
 ALL_HEADS = ("retrieval", "captioning", "text2image", "tryon", "design")
@@ -32,11 +31,55 @@ def full(trained, tmp_path_factory):
     data, retrieval = trained
     root = tmp_path_factory.mktemp("unifashion")
     captioned, out = root / "captioned", root / "full"
-    assert cli.main(["train", "captioning", "--model", str(retrieval), "--data", str(data), "--out", str(captioned),
-                     "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--lora-rank", "4"]) == 0  # fmt: skip
-    assert cli.main(["train", "generation", "--model", str(captioned), "--data", str(data), "--out", str(out),
-                     "--vae-steps", "4", "--steps", "4", "--tryon-steps", "2", "--design-steps", "2",
-                     "--batch-size", "4", "--no-bf16"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "train",
+                "captioning",
+                "--model",
+                str(retrieval),
+                "--data",
+                str(data),
+                "--out",
+                str(captioned),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--lr",
+                "3e-3",
+                "--lora-rank",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "train",
+                "generation",
+                "--model",
+                str(captioned),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--vae-steps",
+                "4",
+                "--steps",
+                "4",
+                "--tryon-steps",
+                "2",
+                "--design-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--no-bf16",
+            ]
+        )
+        == 0
+    )
     return data, retrieval, out
 
 
@@ -205,8 +248,9 @@ def test_generate_is_deterministic_and_matches_the_command_path(full, products):
     # Image only and composed; a PIL image and its file give the same result.
     path = str(products[0].images[0])
     by_path = model.generate(image=path, steps=2, sampler="ddim")
-    assert np.array_equal(np.asarray(model.generate(image=Image.open(path), steps=2, sampler="ddim")[0]),
-                          np.asarray(by_path[0]))  # fmt: skip
+    assert np.array_equal(
+        np.asarray(model.generate(image=Image.open(path), steps=2, sampler="ddim")[0]), np.asarray(by_path[0])
+    )
     assert model.generate(text="make it blue", image=path, steps=2)[0].size == (w, h)
     with pytest.raises(UniFashionError, match="a text, a reference image, or both"):
         model.generate()
@@ -225,12 +269,14 @@ def test_try_on_keeps_the_person_outside_the_mask_and_design_draws(full, tryon_s
     keep = fit_mask(ImageRef(s["agnostic_mask"]), hw) <= 0.5
     assert keep.any() and (~keep).any()
     assert np.array_equal(result[keep], person[keep])
-    raw = np.asarray(model.try_on(s["person"], s["cloth"], mask=s["agnostic_mask"], pose=s["pose"], steps=2,
-                                  paste=False)[0]).astype(int)  # fmt: skip
+    raw = np.asarray(
+        model.try_on(s["person"], s["cloth"], mask=s["agnostic_mask"], pose=s["pose"], steps=2, paste=False)[0]
+    ).astype(int)
     assert not np.array_equal(raw[keep], person[keep])
     # In-memory images give the same pixels as their files.
-    pil = model.try_on(Image.open(s["person"]), Image.open(s["cloth"]), mask=Image.open(s["agnostic_mask"]),
-                       pose=s["pose"], steps=2)  # fmt: skip
+    pil = model.try_on(
+        Image.open(s["person"]), Image.open(s["cloth"]), mask=Image.open(s["agnostic_mask"]), pose=s["pose"], steps=2
+    )
     assert np.array_equal(np.asarray(pil[0]).astype(int), result)
 
     drawn = model.design(s["text"], s["sketch"], s["pose"], person=s["person"], mask=s["agnostic_mask"], steps=2)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from unifashion.catalog.build import read_products
 from unifashion.catalog.store import Catalog
-from unifashion.models.unifashion import UniFashion
+from unifashion.pipelines.unifashion import UniFashion
 from unifashion.serve.app import create_app, load_service
 from unifashion.serve.inputs import Limits
 
@@ -24,8 +24,11 @@ pytestmark = pytest.mark.slow  # the shop fixture trains a tiny model with its h
 @pytest.fixture(scope="module")
 def served(shop):
     model, catalog = load_service(shop.model, shop.catalog)
-    app = create_app(model, catalog, Limits(max_upload_bytes=2 * 1024 * 1024, max_image_pixels=4_000_000,
-                                            max_text_chars=300, max_queued_jobs=2))  # fmt: skip
+    app = create_app(
+        model,
+        catalog,
+        Limits(max_upload_bytes=2 * 1024 * 1024, max_image_pixels=4_000_000, max_text_chars=300, max_queued_jobs=2),
+    )
     with TestClient(app) as client:
         yield client, model, catalog
 
@@ -68,8 +71,17 @@ def test_health_categories_schema_and_page(served):
     }
     assert client.get("/api/categories").json()["categories"] == catalog.categories()
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/search/text", "/api/search/image", "/api/search/composed", "/api/caption", "/api/generate",
-                 "/api/tryon", "/api/jobs/{job_id}", "/api/products/{product_id}", "/api/products/{product_id}/image"):  # fmt: skip
+    for path in (
+        "/api/search/text",
+        "/api/search/image",
+        "/api/search/composed",
+        "/api/caption",
+        "/api/generate",
+        "/api/tryon",
+        "/api/jobs/{job_id}",
+        "/api/products/{product_id}",
+        "/api/products/{product_id}/image",
+    ):
         assert path in paths
     page = client.get("/")
     assert page.status_code == 200 and 'id="query"' in page.text and "/api/search/composed" in page.text
@@ -114,8 +126,9 @@ def test_category_filter_and_k(served):
 def test_image_search_finds_the_same_product(served, products):
     client, _, catalog = served
     pid = catalog.ids[5]
-    r = client.post("/api/search/image", files={"image": ("p.png", _image_file(products, pid), "image/png")},
-                    data={"k": "4"})  # fmt: skip
+    r = client.post(
+        "/api/search/image", files={"image": ("p.png", _image_file(products, pid), "image/png")}, data={"k": "4"}
+    )
     assert r.status_code == 200, r.text
     top = r.json()["results"][0]
     assert top["id"] == pid and top["image_score"] == pytest.approx(1.0, abs=1e-3)
@@ -124,8 +137,11 @@ def test_image_search_finds_the_same_product(served, products):
 def test_composed_search_equals_the_models_composed_ranking(served, products):
     client, model, catalog = served
     pid, text = catalog.ids[3], "is blue and has short sleeves"
-    r = client.post("/api/search/composed", files={"image": ("r.png", _image_file(products, pid), "image/png")},
-                    data={"text": text, "k": "6", "caption_weight": "0.25"})  # fmt: skip
+    r = client.post(
+        "/api/search/composed",
+        files={"image": ("r.png", _image_file(products, pid), "image/png")},
+        data={"text": text, "k": "6", "caption_weight": "0.25"},
+    )
     assert r.status_code == 200, r.text
     vec = model.encode_composed([Image.open(products[pid].images[0].path).convert("RGB")], [text]).float()
     img = model.similarity(vec, torch.from_numpy(catalog.vectors.queries))[0].numpy()
@@ -141,8 +157,9 @@ def test_caption_endpoint_matches_the_model(served, products):
     r = client.post("/api/caption", files={"image": ("x.png", data, "image/png")}, data={"style": "title"})
     assert r.status_code == 200, r.text
     assert r.json()["caption"] == model.caption([Image.open(io.BytesIO(data)).convert("RGB")], style="title")[0]
-    _error(client.post("/api/caption", files={"image": ("x.png", data, "image/png")}, data={"style": "poem"}),
-           422, "style")  # fmt: skip
+    _error(
+        client.post("/api/caption", files={"image": ("x.png", data, "image/png")}, data={"style": "poem"}), 422, "style"
+    )
 
 
 def _wait(client, job, timeout=120):
@@ -195,10 +212,14 @@ def test_try_on_runs_as_a_job_and_gives_the_models_image(served, shop):
     state = _wait(client, r.json())
     assert state["status"] == "done" and state["steps"] == 2, state
     got = np.asarray(Image.open(io.BytesIO(client.get(state["image_url"]).content)))
-    want = model.try_on(Image.open(shop.data / paths["person"]).convert("RGB"),
-                        Image.open(shop.data / paths["cloth"]).convert("RGB"),
-                        mask=Image.open(shop.data / paths["mask"]).convert("L"), pose=shop.data / paths["pose"],
-                        steps=2, seed=1)[0]  # fmt: skip
+    want = model.try_on(
+        Image.open(shop.data / paths["person"]).convert("RGB"),
+        Image.open(shop.data / paths["cloth"]).convert("RGB"),
+        mask=Image.open(shop.data / paths["mask"]).convert("L"),
+        pose=shop.data / paths["pose"],
+        steps=2,
+        seed=1,
+    )[0]
     np.testing.assert_array_equal(got, np.asarray(want))
     bad = dict(files, pose=("pose.json", b"{not json"))
     _error(client.post("/api/tryon", files=bad), 422, "pose")
@@ -211,8 +232,10 @@ def test_the_generation_queue_is_capped_and_search_still_answers(served):
     import threading
 
     release = threading.Event()
-    held = [svc.jobs.submit("hold", lambda on_step: (release.wait(30), Image.new("RGB", (4, 4)))[1])
-            for _ in range(svc.jobs.capacity)]  # fmt: skip
+    held = [
+        svc.jobs.submit("hold", lambda on_step: (release.wait(30), Image.new("RGB", (4, 4)))[1])
+        for _ in range(svc.jobs.capacity)
+    ]
     try:
         r = client.post("/api/generate", data={"text": "a red dress"})
         assert r.status_code == 429 and r.headers["Retry-After"] and r.json()["error"]["status"] == 429
@@ -283,8 +306,12 @@ def test_formats_sizes_and_modes(served):
     wide = _png(Image.new("RGB", (2100, 2100), (5, 5, 5)))  # 4.4 M pixels in a few KB: over the pixel limit
     assert "pixels" in _error(client.post("/api/search/image", files={"image": ("w.png", wide)}), 413, "image")
     # Odd modes are converted: RGBA, greyscale, palette, 16-bit.
-    for im in (Image.new("RGBA", (40, 30), (255, 0, 0, 128)), Image.new("L", (20, 50), 90),
-               Image.new("P", (33, 33)), Image.new("I;16", (16, 16))):  # fmt: skip
+    for im in (
+        Image.new("RGBA", (40, 30), (255, 0, 0, 128)),
+        Image.new("L", (20, 50), 90),
+        Image.new("P", (33, 33)),
+        Image.new("I;16", (16, 16)),
+    ):
         r = client.post("/api/search/image", files={"image": ("m.png", _png(im))})
         assert r.status_code == 200, (im.mode, r.text)
     _error(client.post("/api/search/image", data={"k": "3"}), 422, "image")
@@ -331,8 +358,9 @@ def test_odd_unicode_is_cleaned_and_searched(served):
 def test_missing_fields_and_malformed_bodies(served):
     client, _, _ = served
     _error(client.post("/api/search/text", json={}), 422, "text")
-    _error(client.post("/api/search/text", content=b"{not json", headers={"content-type": "application/json"}),
-           422, None)  # fmt: skip
+    _error(
+        client.post("/api/search/text", content=b"{not json", headers={"content-type": "application/json"}), 422, None
+    )
     png = _png(Image.new("RGB", (32, 32)))
     _error(client.post("/api/search/composed", files={"image": ("a.png", png)}), 422, "text")
 

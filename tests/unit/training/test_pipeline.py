@@ -60,11 +60,20 @@ q2i_rows = 8
 """
 
 
-def write_config(folder: Path, data: Path, *, tasks=("text2image", "tryon", "design"), steps=4, checkpoint_every=2,
-                 dropout=0.1, extra="") -> Path:  # fmt: skip
+def write_config(
+    folder: Path,
+    data: Path,
+    *,
+    tasks=("text2image", "tryon", "design"),
+    steps=4,
+    checkpoint_every=2,
+    dropout=0.1,
+    extra="",
+) -> Path:
     path = folder / "run.toml"
-    text = CONFIG.format(data=data, tasks=json.dumps(list(tasks)), steps=steps, checkpoint_every=checkpoint_every,
-                         dropout=dropout)  # fmt: skip
+    text = CONFIG.format(
+        data=data, tasks=json.dumps(list(tasks)), steps=steps, checkpoint_every=checkpoint_every, dropout=dropout
+    )
     path.write_text(text + extra, encoding="utf-8")
     return path
 
@@ -72,8 +81,9 @@ def write_config(folder: Path, data: Path, *, tasks=("text2image", "tryon", "des
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline") / "fs"
-    code = cli.main(["data", "synth", "--out", str(root), "--products", "200", "--size", "64", "--quiet",
-                     "--layouts", "fashioniq"])  # fmt: skip
+    code = cli.main(
+        ["data", "synth", "--out", str(root), "--products", "200", "--size", "64", "--quiet", "--layouts", "fashioniq"]
+    )
     assert code == 0
     return root
 
@@ -144,8 +154,15 @@ def full_run(tmp_path_factory, data):
 
 def test_every_stage_runs_in_order_and_the_model_is_complete(full_run):
     model, seen, summary = full_run
-    stages = ["phase1a", "phase1b_caption", "phase1b_vae", "phase1b_text2image", "phase1b_tryon", "phase1b_design",
-              "phase2"]  # fmt: skip
+    stages = [
+        "phase1a",
+        "phase1b_caption",
+        "phase1b_vae",
+        "phase1b_text2image",
+        "phase1b_tryon",
+        "phase1b_design",
+        "phase2",
+    ]
     assert list(seen) == stages
     meta = json.loads((model / "config.json").read_text())
     assert meta["training"]["pipeline"]["stages"] == stages
@@ -190,8 +207,15 @@ def test_continue_heads_fine_tunes_the_init_models_head(full_run, tmp_path, data
         load_pipeline_config(good, ["generation.continue_heads=true", f"run.init_from='{model}'"])
     unet = "generator/unet/diffusion_pytorch_model.safetensors"
     for continued in (True, False):
-        cfg = load_pipeline_config(good, [f"generation.continue_heads={str(continued).lower()}", "generation.lr=0",
-                                          f"run.init_from='{model}'", "run.stages=['phase1b_text2image']"])  # fmt: skip
+        cfg = load_pipeline_config(
+            good,
+            [
+                f"generation.continue_heads={str(continued).lower()}",
+                "generation.lr=0",
+                f"run.init_from='{model}'",
+                "run.stages=['phase1b_text2image']",
+            ],
+        )
         out = tmp_path / f"continued-{continued}"
         train_pipeline(cfg, out)
         # Learning rate 0: a continued head is still the init model's; a fresh one is not.
@@ -226,8 +250,11 @@ def test_resume_after_sigkill_continues_exactly(tmp_path, data):
 
     killed = tmp_path / "killed"
     state = tmp_path / "killed.work" / "checkpoint" / "state.json"
-    proc = subprocess.Popen(_unifashion("train", "--config", str(config), "--out", str(killed)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        _unifashion("train", "--config", str(config), "--out", str(killed)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 600
     stage = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -246,8 +273,9 @@ def test_resume_after_sigkill_continues_exactly(tmp_path, data):
     progress = json.loads((tmp_path / "killed.work" / "progress.json").read_text())
     assert progress["done"] == ["phase1a", "phase1b_caption", "phase1b_vae"]
 
-    done = subprocess.run(_unifashion("train", "--config", str(config), "--out", str(killed), "--resume"),
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        _unifashion("train", "--config", str(config), "--out", str(killed), "--resume"), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = _tensors(straight), _tensors(killed)
     assert a.keys() == b.keys()
@@ -282,15 +310,32 @@ def test_two_processes_follow_the_trajectory_of_one(tmp_path, data):
     CSV keeps 6 decimals)."""
     config = write_config(tmp_path, data, tasks=(), checkpoint_every=0, dropout=0.0)
     config.write_text("with_captioning = false\n" + config.read_text())
-    one = subprocess.run(_unifashion("train", "--config", str(config), "--out", str(tmp_path / "one")),
-                         capture_output=True, text=True)  # fmt: skip
+    one = subprocess.run(
+        _unifashion("train", "--config", str(config), "--out", str(tmp_path / "one")), capture_output=True, text=True
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         "-m", "unifashion", "train", "--config", str(config), "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "unifashion",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     for stage in ("phase1a", "phase2"):
         a, b = _losses(tmp_path / "one", stage), _losses(tmp_path / "two", stage)

@@ -170,3 +170,40 @@ def make_variant(
 def differences(a: dict[str, str], b: dict[str, str]) -> dict[str, list[str]]:
     """Attributes (of ``attribute_names``) whose values differ between a and b."""
     return {n: [a[n], b[n]] for n in attribute_names(a["category"]) if a.get(n) != b.get(n)}
+
+
+# ---------------------------------------------------------------------------
+# garment colour read back from pixels (generated images are scored by it)
+
+_COLOUR_NAMES = list(COLOURS)
+_PALETTE = np.array([COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32)  # (K, 3)
+
+
+def _palette_labels(pixels: np.ndarray) -> np.ndarray:
+    """Nearest palette colour of each pixel (P, 3), allowing for shading: each palette colour may be
+    scaled by 0.75-1.15 (the renderer's light and folds) before the distance is taken."""
+    p = pixels.astype(np.float32)
+    scale = np.clip((p @ _PALETTE.T) / (_PALETTE * _PALETTE).sum(1), 0.75, 1.15)  # (P, K)
+    dist = np.linalg.norm(p[:, None, :] - scale[..., None] * _PALETTE[None], axis=-1)
+    return dist.argmin(axis=1)
+
+
+def garment_colour(image: np.ndarray, mask: np.ndarray | None = None, threshold: float = 35.0) -> str | None:
+    """The dominant palette colour of the garment in a uint8 (H, W, 3) image.
+
+    Without ``mask``, the garment is whatever differs from the background by
+    more than ``threshold`` (background = median of a 2-pixel frame); with
+    ``mask`` (H, W), the pixels where it is > 0.5. None when under 2 % of the
+    image is garment."""
+    a = np.asarray(image, dtype=np.float32)
+    if mask is None:
+        frame = np.concatenate(
+            [a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3), a[:, -2:].reshape(-1, 3)]
+        )
+        fg = np.linalg.norm(a - np.median(frame, axis=0), axis=-1) > threshold
+    else:
+        fg = np.asarray(mask) > 0.5
+    pixels = a[fg]
+    if len(pixels) < 0.02 * a.shape[0] * a.shape[1]:
+        return None
+    return _COLOUR_NAMES[int(np.bincount(_palette_labels(pixels), minlength=len(_COLOUR_NAMES)).argmax())]

@@ -33,9 +33,16 @@ PATTERN_ADJ = {"solid": "", "stripes": "striped", "polka dots": "polka-dot", "ch
 SLEEVE_ADJ = {"sleeveless": "sleeveless", "short": "short-sleeve", "long": "long-sleeve"}
 NECKLINE_PHRASE = {"crew": "crewneck", "v-neck": "v-neck", "scoop": "scoop neck", "square": "square neck"}
 LENGTH_ADJ = {
-    "mini": "mini", "knee": "knee-length", "midi": "midi", "maxi": "maxi", "shorts": "", "cropped": "cropped",
-    "full": "full-length", "hip": "hip-length", "long": "longline",
-}  # fmt: skip
+    "mini": "mini",
+    "knee": "knee-length",
+    "midi": "midi",
+    "maxi": "maxi",
+    "shorts": "",
+    "cropped": "cropped",
+    "full": "full-length",
+    "hip": "hip-length",
+    "long": "longline",
+}
 COLOUR_SYNONYMS = {
     "grey": ("grey", "gray"),
     "navy": ("navy", "navy blue", "dark blue"),

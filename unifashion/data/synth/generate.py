@@ -543,9 +543,13 @@ def _write_dresscode_pairs(w: _Writer, tryon, products) -> None:
 
 
 FASHIONGEN_CATEGORY = {
-    "dress": "DRESSES", "shirt": "SHIRTS", "toptee": "TOPS", "skirt": "SKIRTS", "trousers": "PANTS",
+    "dress": "DRESSES",
+    "shirt": "SHIRTS",
+    "toptee": "TOPS",
+    "skirt": "SKIRTS",
+    "trousers": "PANTS",
     "jacket": "JACKETS & COATS",
-}  # fmt: skip
+}
 
 
 def _write_fashiongen(w: _Writer, products, image_paths) -> None:
@@ -578,9 +582,13 @@ def _write_fashiongen(w: _Writer, products, image_paths) -> None:
 
 
 FASHION200K_CATEGORY = {
-    "dress": ("dress", "dresses"), "shirt": ("top", "tops"), "toptee": ("top", "tops"), "skirt": ("skirt", "skirts"),
-    "trousers": ("pants", "pants"), "jacket": ("jacket", "jackets"),
-}  # fmt: skip
+    "dress": ("dress", "dresses"),
+    "shirt": ("top", "tops"),
+    "toptee": ("top", "tops"),
+    "skirt": ("skirt", "skirts"),
+    "trousers": ("pants", "pants"),
+    "jacket": ("jacket", "jackets"),
+}
 
 
 def _write_fashion200k(w: _Writer, products, triplets, image_paths) -> None:

@@ -25,9 +25,25 @@ SS = 2  # supersampling factor
 
 # OpenPose COCO-18 keypoint order.
 KEYPOINTS = (
-    "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
-    "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear",
-)  # fmt: skip
+    "nose",
+    "neck",
+    "r_shoulder",
+    "r_elbow",
+    "r_wrist",
+    "l_shoulder",
+    "l_elbow",
+    "l_wrist",
+    "r_hip",
+    "r_knee",
+    "r_ankle",
+    "l_hip",
+    "l_knee",
+    "l_ankle",
+    "r_eye",
+    "l_eye",
+    "r_ear",
+    "l_ear",
+)
 K = {name: i for i, name in enumerate(KEYPOINTS)}
 
 JACKET_HEM = {"cropped": 0.8, "hip": 1.12, "long": 1.55}  # hem position: 0 shoulders, 1 hips
@@ -38,9 +54,23 @@ HAIR_COLOURS = ((40, 30, 25), (90, 60, 35), (20, 20, 20), (160, 120, 70))
 
 # Internal parse labels, mapped to each dataset's label set on writing.
 LABELS = (
-    "background", "hair", "face", "neck", "torso_skin", "r_arm", "l_arm", "r_leg", "l_leg",
-    "r_shoe", "l_shoe", "upper", "dress", "coat", "pants", "skirt",
-)  # fmt: skip
+    "background",
+    "hair",
+    "face",
+    "neck",
+    "torso_skin",
+    "r_arm",
+    "l_arm",
+    "r_leg",
+    "l_leg",
+    "r_shoe",
+    "l_shoe",
+    "upper",
+    "dress",
+    "coat",
+    "pants",
+    "skirt",
+)
 L = {name: i for i, name in enumerate(LABELS)}
 # Internal labels -> CIHP's 20 classes (VITON-HD image-parse-v3): 0 background,
 # 2 hair, 5 upper-clothes, 6 dress, 7 coat, 9 pants, 10 torso-skin, 12 skirt,
@@ -51,13 +81,47 @@ TO_CIHP = np.array([0, 2, 13, 10, 10, 15, 14, 17, 16, 19, 18, 5, 6, 7, 9, 12], n
 # 11 head, 12/13 left/right leg, 14/15 left/right arm (no skin-of-torso class).
 TO_ATR = np.array([0, 2, 11, 11, 0, 15, 14, 13, 12, 10, 9, 4, 7, 4, 6, 5], np.uint8)
 CIHP_NAMES = (
-    "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
-    "torso-skin", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe",
-)  # fmt: skip
+    "background",
+    "hat",
+    "hair",
+    "glove",
+    "sunglasses",
+    "upper-clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "torso-skin",
+    "scarf",
+    "skirt",
+    "face",
+    "left-arm",
+    "right-arm",
+    "left-leg",
+    "right-leg",
+    "left-shoe",
+    "right-shoe",
+)
 ATR_NAMES = (
-    "background", "hat", "hair", "sunglasses", "upper_clothes", "skirt", "pants", "dress", "belt", "left_shoe",
-    "right_shoe", "head", "left_leg", "right_leg", "left_arm", "right_arm", "bag", "scarf",
-)  # fmt: skip
+    "background",
+    "hat",
+    "hair",
+    "sunglasses",
+    "upper_clothes",
+    "skirt",
+    "pants",
+    "dress",
+    "belt",
+    "left_shoe",
+    "right_shoe",
+    "head",
+    "left_leg",
+    "right_leg",
+    "left_arm",
+    "right_arm",
+    "bag",
+    "scarf",
+)
 
 GARMENT_LABEL = {
     "dress": "dress",
@@ -243,8 +307,16 @@ def garment_geometry(attrs: dict[str, str], kp: np.ndarray, *, back: bool = Fals
         else:  # jacket: open front with lapels
             hem = _lerp(neck, _lerp(h_r, h_l, 0.5), JACKET_HEM[attrs.get("length", "hip")])
             if not back:
-                opening = np.array([neck - side * 0.16 * sw, neck + side * 0.16 * sw, neck + side * 0.05 * sw + down * 0.75 * sw,
-                                    hem + side * 0.05 * sw, hem - side * 0.05 * sw, neck - side * 0.05 * sw + down * 0.75 * sw])  # fmt: skip
+                opening = np.array(
+                    [
+                        neck - side * 0.16 * sw,
+                        neck + side * 0.16 * sw,
+                        neck + side * 0.05 * sw + down * 0.75 * sw,
+                        hem + side * 0.05 * sw,
+                        hem - side * 0.05 * sw,
+                        neck - side * 0.05 * sw + down * 0.75 * sw,
+                    ]
+                )
                 g.parts.append(Part("front", [opening], kind="inner"))
                 lapel_r = np.array(
                     [
@@ -608,9 +680,13 @@ def render_product(attrs: dict[str, str], size: int, seed: int, view: int = 0) -
     g = garment_geometry(attrs, kp, back=view == 1)
     angle = math.radians(rng.uniform(-7, 7))
     fn, scale = _fit(
-        g, (S, S), fill=0.86, scale=rng.uniform(0.86, 1.02), angle=angle,
+        g,
+        (S, S),
+        fill=0.86,
+        scale=rng.uniform(0.86, 1.02),
+        angle=angle,
         offset=(rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04)),
-    )  # fmt: skip
+    )
     g = g.transform(fn)
     unit = scale  # pixels per shoulder width (skeleton shoulders are 1 apart)
     tone = rng.uniform(222, 248)
@@ -684,7 +760,20 @@ def render_person(
         paint([_chain(_leg_chain(kp, s), [0.16 * sw, 0.12 * sw, 0.08 * sw])], skin * 0.97, f"{s}_leg")
     paint([np.array([kp[K["r_shoulder"]], kp[K["l_shoulder"]], kp[K["l_hip"]], kp[K["r_hip"]]])], skin, "torso_skin")
     neck = kp[K["neck"]]
-    paint([np.array([neck + (-0.09 * sw, -0.12 * sw), neck + (0.09 * sw, -0.12 * sw), neck + (0.09 * sw, 0.02 * sw), neck + (-0.09 * sw, 0.02 * sw)])], skin * 0.93, "neck")  # fmt: skip
+    paint(
+        [
+            np.array(
+                [
+                    neck + (-0.09 * sw, -0.12 * sw),
+                    neck + (0.09 * sw, -0.12 * sw),
+                    neck + (0.09 * sw, 0.02 * sw),
+                    neck + (-0.09 * sw, 0.02 * sw),
+                ]
+            )
+        ],
+        skin * 0.93,
+        "neck",
+    )
     head_c = kp[K["nose"]] + (0, -0.01 * H)
     paint([_ellipse(head_c, 0.2 * sw, 0.26 * sw)], skin, "face")
     paint([_ellipse(head_c + (0, -0.1 * sw), 0.22 * sw, 0.2 * sw, 180, 360)], hair, "hair")

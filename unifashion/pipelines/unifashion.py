@@ -7,18 +7,14 @@
     model.caption(["a.jpg"], style="title")
     model.generate(text="a red midi dress", seed=0)
 
-A thin façade over the functions the commands use (``unifashion eval retrieval``, ``caption``,
-``generate``, ``tryon``, ``design``), so the same inputs give the same numbers and pixels.
+A thin façade over the pipelines (``pipelines/retrieval.py``, ``captioning.py``, ``generation.py``):
+the commands ``caption``, ``generate``, ``tryon`` and ``design`` call it, and the catalog and the
+service encode through it, so the same inputs give the same numbers and pixels.
 Only the retrieval part (vision encoder + Q-Former) is loaded up front; the caption head and
 each image head are read from the folder the first time they are needed.
 
-A checkpoint folder::
-
-    config.json  qformer.safetensors  tokenizer/      the retrieval part (always)
-    captioner/                                        caption head      (unifashion train captioning)
-    vae/  generator/  tryon/  design/                 image heads       (unifashion train generation)
-
-Folders holding pickle files are refused before anything is read.
+The checkpoint folder's layout is in ``unifashion/checkpoint.py``; folders holding pickle files
+are refused before anything is read.
 """
 
 from __future__ import annotations
@@ -34,38 +30,30 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unifashion.backbones.feature_cache import FeatureCache
-from unifashion.captioning import caption_images
+from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+from unifashion.checkpoint import (
+    CAPTION_FOLDER,
+    HEAD_FOLDERS,
+    RETRIEVAL_ENTRIES,
+    TASKS,
+    VAE_FOLDER,
+    head_names,
+    read_checkpoint_config,
+    refuse_pickles,
+    write_heads,
+)
 from unifashion.data.records import ImageRef
-from unifashion.evaluation import retrieval as retrieval_eval
-from unifashion.generation import HEAD_FOLDERS, generate_images, inpaint_images, inpaint_inputs, load_image_head
 from unifashion.models.captioner import Captioner, Decoding, check_style
 from unifashion.models.generator import Generator
 from unifashion.models.qformer import max_over_queries
-from unifashion.models.retrieval import PICKLE_SUFFIXES, RetrievalModel, read_checkpoint_config
-from unifashion.training.data import FeatureTable
-from unifashion.utils.errors import DataError, PickleCheckpointError, UniFashionError
+from unifashion.models.retrieval import RetrievalModel
+from unifashion.pipelines import retrieval as retrieval_pipeline
+from unifashion.pipelines.captioning import caption_images
+from unifashion.pipelines.generation import generate_images, inpaint_images, inpaint_inputs, load_image_head
+from unifashion.utils.errors import DataError, UniFashionError
 from unifashion.utils.io import atomic_directory, copy_entries
 
 ImageInput = str | os.PathLike | Image.Image | ImageRef
-
-# Every task a checkpoint can serve, in the order ``heads`` lists them.
-TASKS: tuple[str, ...] = ("retrieval", "captioning", "text2image", "tryon", "design")
-CAPTION_FOLDER = "captioner"
-VAE_FOLDER = "vae"
-# Written by RetrievalModel.save_pretrained.
-RETRIEVAL_ENTRIES = ("config.json", "qformer.safetensors", "tokenizer")
-
-
-def refuse_pickles(folder: Path) -> None:
-    """Raise :class:`PickleCheckpointError` naming the first pickle-format file anywhere under ``folder``."""
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
-    if found:
-        names = ", ".join(str(p.relative_to(folder)) for p in found[:5])
-        raise PickleCheckpointError(
-            f"{folder}: holds pickle-format files ({names}); UniFashion checkpoints are safetensors only "
-            "and pickle files are never loaded (they can run code). Remove them or convert them to safetensors."
-        )
 
 
 def _image_item(image: Any, where: str) -> ImageRef | Image.Image:
@@ -147,8 +135,10 @@ class UniFashion:
         self._image_heads: dict[str, Generator] = dict(image_heads or {})
         for task, head in self._image_heads.items():
             if task not in HEAD_FOLDERS or head.task != task:
-                raise UniFashionError(f"image_heads[{task!r}]: expected one of {', '.join(HEAD_FOLDERS)} "
-                                      f"holding a head of that task, got a {head.task} head")  # fmt: skip
+                raise UniFashionError(
+                    f"image_heads[{task!r}]: expected one of {', '.join(HEAD_FOLDERS)} "
+                    f"holding a head of that task, got a {head.task} head"
+                )
         self._meta: dict[str, Any] = {}
         self._cache: FeatureCache | None = None
 
@@ -171,30 +161,17 @@ class UniFashion:
         intact). Loaded heads are written from memory; the others are copied from the source folder,
         as are its other entries (training logs). ``path`` may be the source folder."""
         path = Path(path)
-        written = {*RETRIEVAL_ENTRIES}
         heads = set(self._meta.get("heads", ["retrieval"])) | {"retrieval"}
-        if self._captioner is not None:
-            written.add(CAPTION_FOLDER)
-            heads.add("captioning")
-        if self._image_heads:
-            written |= {VAE_FOLDER, *(HEAD_FOLDERS[t] for t in self._image_heads)}
-            heads |= {"generation", *(f"generation:{t}" for t in self._image_heads)}
+        heads |= head_names(self._captioner is not None, list(self._image_heads) or None)
         extra = {k: v for k, v in self._meta.items() if k not in ("model_type", "config")}
         extra["heads"] = sorted(heads)
         with atomic_directory(path) as tmp:
             # First, while the scratch folder is empty: this call replaces the folder it writes.
             self.retrieval.save_pretrained(tmp, extra=extra)
-            if self._captioner is not None:
-                self._captioner.save_pretrained(tmp / CAPTION_FOLDER)
-            if self._image_heads:
-                # One VAE is shared by every image head.
-                next(iter(self._image_heads.values())).vae.save_pretrained(
-                    os.fspath(tmp / VAE_FOLDER), safe_serialization=True
-                )
-                for task, head in self._image_heads.items():
-                    head.save_pretrained(tmp / HEAD_FOLDERS[task], with_vae=False)
+            vae = next(iter(self._image_heads.values())).vae if self._image_heads else None
+            written = write_heads(tmp, captioner=self._captioner, vae=vae, image_heads=self._image_heads)
             if self.source is not None:
-                copy_entries(self.source, tmp, skip=written)
+                copy_entries(self.source, tmp, skip={*RETRIEVAL_ENTRIES, *written})
         return path
 
     # -- heads -------------------------------------------------------------------
@@ -258,13 +235,14 @@ class UniFashion:
         """Normalised query embeddings (N, Q, e) of ``images`` (file paths, PIL images or ImageRefs)."""
         feats = self.image_features(images, progress=progress)
         table = FeatureTable({str(i): i for i in range(feats.shape[0])}, feats)
-        encoded = retrieval_eval.encode_images(self.retrieval, table, batch_size=batch_size, bf16=bf16,
-                                               progress=progress)  # fmt: skip
+        encoded = retrieval_pipeline.encode_images(
+            self.retrieval, table, batch_size=batch_size, bf16=bf16, progress=progress
+        )
         return encoded.embeds
 
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 128, bf16: bool = True) -> torch.Tensor:
         """Normalised text embeddings (N, e)."""
-        return retrieval_eval.encode_texts(self.retrieval, _text_list(texts), batch_size=batch_size, bf16=bf16)
+        return retrieval_pipeline.encode_texts(self.retrieval, _text_list(texts), batch_size=batch_size, bf16=bf16)
 
     def encode_composed(
         self, images: Sequence[ImageInput], texts: Sequence[str], *, batch_size: int = 64, bf16: bool = True
@@ -275,7 +253,7 @@ class UniFashion:
         if len(images) != len(texts):
             raise DataError(f"encode_composed: {len(images)} images for {len(texts)} texts (one text per image)")
         feats = self.feature_cache.features(images)
-        return retrieval_eval.encode_composed(self.retrieval, feats, texts, batch_size=batch_size, bf16=bf16)
+        return retrieval_pipeline.encode_composed(self.retrieval, feats, texts, batch_size=batch_size, bf16=bf16)
 
     @staticmethod
     def similarity(queries: torch.Tensor, image_embeddings: torch.Tensor) -> torch.Tensor:
@@ -291,7 +269,7 @@ class UniFashion:
         style: str = "description",
         *,
         decoding: str = "greedy",
-        max_new_tokens: int = 60,
+        max_new_tokens: int | None = None,
         num_beams: int = 4,
         temperature: float = 0.7,
         top_p: float = 0.9,
@@ -303,11 +281,18 @@ class UniFashion:
         the head was trained on it); the decoding arguments are those of ``unifashion caption``."""
         captioner = self.captioner
         check_style(style, captioner.styles)
-        how = Decoding(mode=decoding, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                       temperature=temperature, top_p=top_p, seed=seed)  # fmt: skip
+        how = Decoding(
+            mode=decoding,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
         with image_files(_image_list(images)) as refs:
-            return caption_images(self.retrieval, captioner, refs, style, how, batch_size=batch_size, bf16=bf16,
-                                  cache=self.feature_cache)  # fmt: skip
+            return caption_images(
+                self.retrieval, captioner, refs, style, how, batch_size=batch_size, bf16=bf16, cache=self.feature_cache
+            )
 
     # -- images ------------------------------------------------------------------
 
@@ -326,7 +311,8 @@ class UniFashion:
     ) -> list[Image.Image]:
         """``n`` garment images (seeds ``seed``, ``seed + 1``, ...) from a text, a reference image, or
         both (composed: "this garment, but ..."). ``sampler`` (plms, ddim, dpm++), ``steps`` and
-        ``guidance`` default to the head's own (dpm++ and 20 steps in the mini and paper presets).
+        ``guidance`` default to the head's own (``DiffusionConfig``: dpm++ with 20 steps in mini,
+        plms with 50 in paper).
         ``on_step(done, total)`` reports each denoising step (of each of the ``n`` images in turn)."""
         if text is None and image is None:
             raise UniFashionError("generate: give a text, a reference image, or both")
@@ -334,10 +320,22 @@ class UniFashion:
             raise DataError(f"generate: text must be a string, got {type(text).__name__}")
         head = self.image_head("text2image")
         with image_files([image], ["image"]) as (ref,):
-            return _repeat(n, seed, lambda s: generate_images(
-                self.retrieval, head, texts=None if text is None else [text], images=None if ref is None else [ref],
-                sampler=sampler, steps=steps, guidance_scale=guidance, seed=s, bf16=bf16, on_step=on_step,
-            ))  # fmt: skip
+            return _repeat(
+                n,
+                seed,
+                lambda s: generate_images(
+                    self.retrieval,
+                    head,
+                    texts=None if text is None else [text],
+                    images=None if ref is None else [ref],
+                    sampler=sampler,
+                    steps=steps,
+                    guidance_scale=guidance,
+                    seed=s,
+                    bf16=bf16,
+                    on_step=on_step,
+                ),
+            )
 
     def _inpaint(
         self,
@@ -369,14 +367,33 @@ class UniFashion:
             for ref in (person_ref, mask_ref, cloth_ref, sketch_ref):
                 if ref is not None:
                     ref.verify()
-            inputs = inpaint_inputs(head, persons=[person_ref], masks=[mask_ref], poses=[pose],
-                                    agnostics=[agnostic_ref], sketches=[sketch_ref] if sketch_ref else None,
-                                    pose_format=pose_format)  # fmt: skip
-            return _repeat(n, seed, lambda s: inpaint_images(
-                self.retrieval, head, inputs, cloths=[cloth_ref] if cloth_ref else None,
-                texts=[text] if text is not None else None, paste=paste, sampler=sampler, steps=steps,
-                guidance_scale=guidance, seed=s, bf16=bf16, on_step=on_step,
-            ))  # fmt: skip
+            inputs = inpaint_inputs(
+                head,
+                persons=[person_ref],
+                masks=[mask_ref],
+                poses=[pose],
+                agnostics=[agnostic_ref],
+                sketches=[sketch_ref] if sketch_ref else None,
+                pose_format=pose_format,
+            )
+            return _repeat(
+                n,
+                seed,
+                lambda s: inpaint_images(
+                    self.retrieval,
+                    head,
+                    inputs,
+                    cloths=[cloth_ref] if cloth_ref else None,
+                    texts=[text] if text is not None else None,
+                    paste=paste,
+                    sampler=sampler,
+                    steps=steps,
+                    guidance_scale=guidance,
+                    seed=s,
+                    bf16=bf16,
+                    on_step=on_step,
+                ),
+            )
 
     def try_on(
         self,
@@ -400,9 +417,23 @@ class UniFashion:
         ``pose``: a keypoints JSON (OpenPose, or Dress Code with ``pose_format="dresscode"``) or an
         (18, 3) array; ``agnostic``: the person without the garment (default: greyed under the mask).
         With ``paste`` the person outside the mask is kept pixel for pixel."""
-        return self._inpaint("tryon", person=person, mask=mask, pose=pose, pose_format=pose_format,
-                             agnostic=agnostic, cloth=cloth, paste=paste, sampler=sampler, steps=steps,
-                             guidance=guidance, seed=seed, n=n, bf16=bf16, on_step=on_step)  # fmt: skip
+        return self._inpaint(
+            "tryon",
+            person=person,
+            mask=mask,
+            pose=pose,
+            pose_format=pose_format,
+            agnostic=agnostic,
+            cloth=cloth,
+            paste=paste,
+            sampler=sampler,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            n=n,
+            bf16=bf16,
+            on_step=on_step,
+        )
 
     def design(
         self,
@@ -427,9 +458,24 @@ class UniFashion:
         person) (``unifashion design``); the other arguments are those of :meth:`try_on`."""
         if not isinstance(text, str):
             raise DataError(f"design: text must be a string, got {type(text).__name__}")
-        return self._inpaint("design", person=person, mask=mask, pose=pose, pose_format=pose_format,
-                             agnostic=agnostic, text=text, sketch=sketch, paste=paste, sampler=sampler,
-                             steps=steps, guidance=guidance, seed=seed, n=n, bf16=bf16, on_step=on_step)  # fmt: skip
+        return self._inpaint(
+            "design",
+            person=person,
+            mask=mask,
+            pose=pose,
+            pose_format=pose_format,
+            agnostic=agnostic,
+            text=text,
+            sketch=sketch,
+            paste=paste,
+            sampler=sampler,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            n=n,
+            bf16=bf16,
+            on_step=on_step,
+        )
 
     def __repr__(self) -> str:
         where = f" from {self.source}" if self.source is not None else ""

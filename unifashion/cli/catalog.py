@@ -13,20 +13,39 @@ def _splits(value: str | None) -> list[str] | None:
 def cmd_catalog_build(args: argparse.Namespace) -> int:
     from unifashion.catalog.build import build_catalog
 
-    catalog = build_catalog(args.model, args.data, args.out, splits=_splits(args.split), captions=args.captions,
-                            style=args.style, kind=args.index, approximate_above=args.approximate_above,
-                            caption_weight=args.caption_weight, batch_size=args.batch_size, limit=args.limit,
-                            progress=not args.quiet)  # fmt: skip
-    print(f"{catalog.folder}: {len(catalog)} products ({catalog.version}; indexes "
-          f"{json.dumps(catalog.manifest['kinds'])}; captions: {catalog.manifest['caption_source'] or 'none'})")  # fmt: skip
+    catalog = build_catalog(
+        args.model,
+        args.data,
+        args.out,
+        splits=_splits(args.split),
+        captions=args.captions,
+        style=args.style,
+        kind=args.index,
+        approximate_above=args.approximate_above,
+        caption_weight=args.caption_weight,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
+    print(
+        f"{catalog.folder}: {len(catalog)} products ({catalog.version}; indexes "
+        f"{json.dumps(catalog.manifest['kinds'])}; captions: {catalog.manifest['caption_source'] or 'none'})"
+    )
     return 0
 
 
 def cmd_catalog_add(args: argparse.Namespace) -> int:
     from unifashion.catalog.build import add_to_catalog
 
-    catalog = add_to_catalog(args.catalog, args.data, model_path=args.model, splits=_splits(args.split),
-                             replace=args.replace, batch_size=args.batch_size, progress=not args.quiet)  # fmt: skip
+    catalog = add_to_catalog(
+        args.catalog,
+        args.data,
+        model_path=args.model,
+        splits=_splits(args.split),
+        replace=args.replace,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
     print(f"{catalog.folder}: {len(catalog)} products ({catalog.version})")
     return 0
 
@@ -43,8 +62,12 @@ def cmd_catalog_info(args: argparse.Namespace) -> int:
     from unifashion.catalog.store import Catalog
 
     catalog = Catalog.open(args.catalog)
-    info = {**catalog.manifest, "version": catalog.version, "products": len(catalog),
-            "categories": catalog.categories()}  # fmt: skip
+    info = {
+        **catalog.manifest,
+        "version": catalog.version,
+        "products": len(catalog),
+        "categories": catalog.categories(),
+    }
     print(json.dumps(info, indent=2))
     return 0
 
@@ -52,14 +75,18 @@ def cmd_catalog_info(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from unifashion.serve.app import Limits, serve
 
-    limits = Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_image_pixels=args.max_pixels,
-                    max_text_chars=args.max_text_chars, max_generation_jobs=args.generation_jobs,
-                    max_queued_jobs=args.queued_jobs)  # fmt: skip
+    limits = Limits(
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        max_image_pixels=args.max_pixels,
+        max_text_chars=args.max_text_chars,
+        max_generation_jobs=args.generation_jobs,
+        max_queued_jobs=args.queued_jobs,
+    )
     serve(args.model, args.catalog, host=args.host, port=args.port, limits=limits, steps=args.steps)
     return 0
 
 
-def add_catalog_commands(sub) -> None:
+def register(sub) -> None:
     from unifashion.catalog.index import APPROXIMATE_ABOVE
 
     cat = sub.add_parser("catalog", help="a searchable product catalog: FAISS vectors + SQLite metadata")
@@ -70,15 +97,27 @@ def add_catalog_commands(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder (any supported format)")
     p.add_argument("--out", required=True, help="catalog folder (an existing catalog is replaced atomically)")
     p.add_argument("--split", default=None, help="comma-separated splits (default: all)")
-    p.add_argument("--captions", default="auto", choices=("auto", "generate", "data", "none"),
-                   help="text of the caption index: generate (the model's caption head), data (the dataset's "
-                   "descriptions), auto (generate when the model has a caption head, else data), none")  # fmt: skip
+    p.add_argument(
+        "--captions",
+        default="auto",
+        choices=("auto", "generate", "data", "none"),
+        help="text of the caption index: generate (the model's caption head), data (the dataset's "
+        "descriptions), auto (generate when the model has a caption head, else data), none",
+    )
     p.add_argument("--style", default="description", help="caption style (title, description, attributes)")
-    p.add_argument("--index", default="auto", choices=("auto", "flat", "hnsw", "ivf"),
-                   help=f"FAISS index (auto: exact up to {APPROXIMATE_ABOVE:,} vectors, IVF above)")  # fmt: skip
+    p.add_argument(
+        "--index",
+        default="auto",
+        choices=("auto", "flat", "hnsw", "ivf"),
+        help=f"FAISS index (auto: exact up to {APPROXIMATE_ABOVE:,} vectors, IVF above)",
+    )
     p.add_argument("--approximate-above", type=int, default=APPROXIMATE_ABOVE)
-    p.add_argument("--caption-weight", type=float, default=None,
-                   help="weight of the generated-caption score in search (default 0.25 with captions)")  # fmt: skip
+    p.add_argument(
+        "--caption-weight",
+        type=float,
+        default=None,
+        help="weight of the generated-caption score in search (default 0.25 with captions)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="only the first N products")
     p.add_argument("--quiet", action="store_true")

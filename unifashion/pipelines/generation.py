@@ -19,15 +19,14 @@ import torch
 from PIL import Image
 
 from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.checkpoint import HEAD_FOLDERS, VAE_FOLDER
 from unifashion.data.pose import load_pose
 from unifashion.data.records import ImageRef, TryOnSample
 from unifashion.models.generator import Generator, from_pixels, pose_heatmaps, to_latent_grid, to_pixels
 from unifashion.models.qformer import BIDIRECTIONAL
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.loop import autocast
 from unifashion.utils.errors import DataError, UniFashionError
-
-HEAD_FOLDERS = {"text2image": "generator", "tryon": "tryon", "design": "design"}
+from unifashion.utils.hardware import autocast
 
 
 def as_ref(image: str | os.PathLike | ImageRef) -> ImageRef:
@@ -65,8 +64,10 @@ def load_pixels(refs: Sequence[ImageRef], hw: tuple[int, int], fill: int = 255) 
 @torch.no_grad()
 def encode_images(generator: Generator, pixels: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> scaled VAE latents (N, 4, h, w)."""
-    chunks = [generator.encode_latents(from_pixels(pixels[i : i + batch_size]).to(generator.device))
-              for i in range(0, len(pixels), batch_size)]  # fmt: skip
+    chunks = [
+        generator.encode_latents(from_pixels(pixels[i : i + batch_size]).to(generator.device))
+        for i in range(0, len(pixels), batch_size)
+    ]
     return torch.cat(chunks).cpu() if chunks else torch.zeros(0, generator.config.latent_channels, *generator.latent_hw)
 
 
@@ -224,7 +225,7 @@ def load_image_head(path: str | os.PathLike, task: str = "text2image") -> Genera
             f"{folder}: no {task} head ({HEAD_FOLDERS[task]}/); train one with "
             f"`unifashion train generation --model {folder} --tasks {task} ...`"
         )
-    return Generator.from_pretrained(sub, vae_folder=folder / "vae")
+    return Generator.from_pretrained(sub, vae_folder=folder / VAE_FOLDER)
 
 
 def load_generation_model(path: str | os.PathLike, task: str = "text2image") -> tuple[RetrievalModel, Generator]:
@@ -261,8 +262,9 @@ def generate_images(
         states, mask = composed_condition(model, feats, texts, bf16) if texts else image_condition(model, feats, bf16)
     else:
         states, mask = text_condition(model, list(texts), bf16)
-    latents = generator.sample(states, mask, sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed,
-                               on_step=on_step)  # fmt: skip
+    latents = generator.sample(
+        states, mask, sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed, on_step=on_step
+    )
     return to_images(generator, latents)
 
 
@@ -293,8 +295,16 @@ def inpaint_images(
         states, mask = text_condition(model, list(texts), bf16)
     else:
         raise UniFashionError("inpaint_images: expected a tryon or design head")
-    latents = generator.sample(states, mask, inputs.extra, sampler=sampler, steps=steps,
-                               guidance_scale=guidance_scale, seed=seed, on_step=on_step)  # fmt: skip
+    latents = generator.sample(
+        states,
+        mask,
+        inputs.extra,
+        sampler=sampler,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        on_step=on_step,
+    )
     raw = to_pixels(generator.decode_latents(latents))
     if paste:
         raw = paste_back(raw, inputs.person_pixels, inputs.masks)

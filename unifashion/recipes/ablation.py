@@ -15,34 +15,22 @@ Q-Former in composed training.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from unifashion.checkpoint import without_heads
 from unifashion.utils.io import atomic_write_json
 
+# Each row: its label and the heads it leaves out.
 ROWS = {
-    "qformer_only": ("Q-Former only", ("captioner", "vae", "generator", "tryon", "design")),
-    "with_llm": ("+ LLM", ("vae", "generator", "tryon", "design")),
-    "with_diffusion": ("+ diffusion", ("captioner",)),
+    "qformer_only": ("Q-Former only", ("captioning", "text2image", "tryon", "design")),
+    "with_llm": ("+ LLM", ("text2image", "tryon", "design")),
+    "with_diffusion": ("+ diffusion", ("captioning",)),
     "full": ("full (LLM + diffusion)", ()),
 }
-
-
-def without_heads(source: Path, out: Path, drop: tuple[str, ...]) -> Path:
-    """A copy of model ``source`` without the head folders in ``drop`` (config.json updated)."""
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(source, out, ignore=shutil.ignore_patterns("logs", *drop))
-    meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    gone = {"captioner": {"captioning"}, "generator": {"generation:text2image"}, "tryon": {"generation:tryon"},
-            "design": {"generation:design"}, "vae": {"generation"}}  # fmt: skip
-    dropped = set().union(*(gone.get(d, set()) for d in drop)) if drop else set()
-    meta["heads"] = [h for h in meta.get("heads", []) if h not in dropped]
-    atomic_write_json(out / "config.json", meta)
-    return out
 
 
 def mean_recall(r100: dict[str, Any]) -> float | None:
@@ -54,14 +42,15 @@ def mean_recall(r100: dict[str, Any]) -> float | None:
     return sum(values) / len(values)
 
 
-def run_ablation(data: str | Path, out: str | Path, size: str = "small", *, seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_ablation(
+    data: str | Path, out: str | Path, size: str = "small", *, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
     """Train the four rows and evaluate them on ``val`` (see the module docstring); writes
     ``OUT/ablation.json`` and returns it."""
     from unifashion.evaluation.captioning import evaluate_captioning
     from unifashion.evaluation.generation import GenerationEvalConfig, evaluate_generation
     from unifashion.evaluation.retrieval import evaluate_model
-    from unifashion.quickstart import SIZES, training_config
+    from unifashion.recipes.quickstart import SIZES, training_config
     from unifashion.training.pipeline import train_pipeline
 
     spec = SIZES[size]
@@ -98,20 +87,29 @@ def run_ablation(data: str | Path, out: str | Path, size: str = "small", *, seed
         model = out / name
         r = evaluate_model(model, data, ["val"], max_queries=spec.retrieval_queries, progress=progress)
         r = r["splits"]["val"]
-        row: dict[str, Any] = {"label": label, "train_seconds": seconds[name],
-                               "cmr_mean_recall": mean_recall(r["cmr"].get("random100", {}).get("itc")),
-                               "cir_average_recall": r["cir"].get("composed", {}).get("average", {}).get("avg")}  # fmt: skip
-        if "captioner" not in drop:
-            c = evaluate_captioning(model, data, ["val"], styles=("description",), max_items=spec.caption_items,
-                                    progress=progress)  # fmt: skip
+        row: dict[str, Any] = {
+            "label": label,
+            "train_seconds": seconds[name],
+            "cmr_mean_recall": mean_recall(r["cmr"].get("random100", {}).get("itc")),
+            "cir_average_recall": r["cir"].get("composed", {}).get("average", {}).get("avg"),
+        }
+        if "captioning" not in drop:
+            c = evaluate_captioning(
+                model, data, ["val"], styles=("description",), max_items=spec.caption_items, progress=progress
+            )
             row["caption_bleu4"] = c["splits"]["val"]["styles"]["description"]["model"]["BLEU-4"]
-        if "generator" not in drop:
+        if "text2image" not in drop:
             gcfg = GenerationEvalConfig(limit=spec.generation_limit, sampler_sweep=())
             g = evaluate_generation(model, data, ["val"], gcfg, progress=progress)["splits"]["val"]
             row["generation_fid_effnet"] = g["text"]["fid_effnet"]
         rows[name] = row
-    result = {"data": str(data), "size": size, "split": "val", "rows": rows,
-              "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    result = {
+        "data": str(data),
+        "size": size,
+        "split": "val",
+        "rows": rows,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     atomic_write_json(out / "ablation.json", result)
     return result
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unifashion.checkpoint import CONFIG_FILE, LOGS_FOLDER
 from unifashion.utils.errors import ConfigError
 from unifashion.utils.io import atomic_write_json
 
@@ -109,8 +110,9 @@ def training_config(data: Path, size: QuickstartSize, seed: int, progress: bool)
     return from_dict(PipelineConfig, raw, where="quickstart")
 
 
-def run_quickstart(out: str | Path, size: str = "small", *, seed: int = 0, resume: bool = False,
-                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_quickstart(
+    out: str | Path, size: str = "small", *, seed: int = 0, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """The whole job (see the module docstring); returns the report."""
     if size not in SIZES:
         raise ConfigError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
@@ -132,7 +134,7 @@ def run_quickstart(out: str | Path, size: str = "small", *, seed: int = 0, resum
             shutil.copytree(folder, stage_copies / "phase1a")
 
     if resume and _trained_with(model, cfg):
-        summary = json.loads((model / "config.json").read_text(encoding="utf-8"))["training"]["pipeline"]["summary"]
+        summary = json.loads((model / CONFIG_FILE).read_text(encoding="utf-8"))["training"]["pipeline"]["summary"]
     else:
         work_exists = (out / "model.work" / "progress.json").is_file()
         summary = clock.run(
@@ -172,7 +174,7 @@ def _trained_with(model: Path, cfg) -> bool:
     """Whether ``model`` is a finished run of the pipeline config ``cfg``."""
     from unifashion.config import to_dict
 
-    path = model / "config.json"
+    path = model / CONFIG_FILE
     if not path.is_file():
         return False
     done = json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("pipeline", {})
@@ -198,8 +200,15 @@ def _eval_retrieval(model: Path, data: Path, spec: QuickstartSize, progress: boo
     from unifashion.evaluation.retrieval import evaluate_model
 
     # The phase-1a row (cir=False) is a baseline of Table 1: ITC ranking only, no ITM re-ranking.
-    result = evaluate_model(model, data, ["val"], with_captions=cir, max_queries=spec.retrieval_queries,
-                            progress=progress, rerank_k=10 if cir else 0)  # fmt: skip
+    result = evaluate_model(
+        model,
+        data,
+        ["val"],
+        with_captions=cir,
+        max_queries=spec.retrieval_queries,
+        progress=progress,
+        rerank_k=10 if cir else 0,
+    )
     return result["splits"]["val"]
 
 
@@ -229,7 +238,7 @@ def draw_samples(model_dir: Path, data_dir: Path, folder: Path, seed: int, n: in
     import numpy as np
 
     from unifashion.data.formats import read_split
-    from unifashion.models.unifashion import UniFashion
+    from unifashion.pipelines.unifashion import UniFashion
 
     folder.mkdir(parents=True, exist_ok=True)
     uf = UniFashion.from_pretrained(model_dir)
@@ -288,29 +297,48 @@ def draw_samples(model_dir: Path, data_dir: Path, folder: Path, seed: int, n: in
         ]
     if "captioning" in uf.heads:
         captions = uf.caption([products[i].images[0].path for i in picks])
-        samples["captions"] = [{"image": catalog(i), "caption": c, "truth": products[i].captions[0]}
-                               for i, c in zip(picks, captions, strict=True)]  # fmt: skip
+        samples["captions"] = [
+            {"image": catalog(i), "caption": c, "truth": products[i].captions[0]}
+            for i, c in zip(picks, captions, strict=True)
+        ]
     if "text2image" in uf.heads:
-        samples["generated"] = [{"prompt": q, "image": save(uf.generate(text=q, seed=seed)[0], f"generated_{k}.png")}
-                                for k, q in enumerate(queries)]  # fmt: skip
+        samples["generated"] = [
+            {"prompt": q, "image": save(uf.generate(text=q, seed=seed)[0], f"generated_{k}.png")}
+            for k, q in enumerate(queries)
+        ]
         if triplets:
             samples["composed_generated"] = [
-                {"reference": catalog(by_id[t.reference]), "text": text,
-                 "image": save(uf.generate(text=text, image=products[by_id[t.reference]].images[0].path,
-                                           seed=seed)[0], f"composed_{k}.png")}
+                {
+                    "reference": catalog(by_id[t.reference]),
+                    "text": text,
+                    "image": save(
+                        uf.generate(text=text, image=products[by_id[t.reference]].images[0].path, seed=seed)[0],
+                        f"composed_{k}.png",
+                    ),
+                }
                 for k, (t, text) in enumerate(zip(triplets, texts, strict=True))
-            ]  # fmt: skip
+            ]
     tryons = [s for s in val.tryon if not s.paired and s.agnostic_mask is not None and s.pose][:n]
     if "tryon" in uf.heads and tryons:
         from PIL import Image
 
         rows = []
         for k, s in enumerate(tryons):
-            result = uf.try_on(s.person.path, s.cloth.path, mask=s.agnostic_mask.path, pose=s.pose,
-                               pose_format=s.pose_format, seed=seed)[0]  # fmt: skip
-            rows.append({"person": save(Image.open(s.person.path).convert("RGB"), f"person_{k}.png"),
-                         "cloth": save(Image.open(s.cloth.path).convert("RGB"), f"cloth_{k}.png"),
-                         "output": save(result, f"tryon_{k}.png")})  # fmt: skip
+            result = uf.try_on(
+                s.person.path,
+                s.cloth.path,
+                mask=s.agnostic_mask.path,
+                pose=s.pose,
+                pose_format=s.pose_format,
+                seed=seed,
+            )[0]
+            rows.append(
+                {
+                    "person": save(Image.open(s.person.path).convert("RGB"), f"person_{k}.png"),
+                    "cloth": save(Image.open(s.cloth.path).convert("RGB"), f"cloth_{k}.png"),
+                    "output": save(result, f"tryon_{k}.png"),
+                }
+            )
         samples["tryon"] = rows
     return samples
 
@@ -327,12 +355,18 @@ def _recalls(x: dict) -> dict:
     return {d: _pick(x.get(d, {}), "R@1", "R@5", "R@10") for d in ("i2t", "t2i")}
 
 
-def build_report(results: dict, samples: dict, summary: dict, spec: QuickstartSize, size: str, model: Path,
-                 data: Path, clock: Clock) -> dict[str, Any]:  # fmt: skip
+def build_report(
+    results: dict, samples: dict, summary: dict, spec: QuickstartSize, size: str, model: Path, data: Path, clock: Clock
+) -> dict[str, Any]:
     """The report: the figures of every task under the keys of ``report.json``'s contract."""
     r, c, g = results["retrieval"], results["captioning"], results["generation"]
-    report: dict[str, Any] = {"title": f"UniFashion quickstart ({size})", "size": size, "preset": spec.preset,
-                              "model": str(model), "data": _data_counts(data)}  # fmt: skip
+    report: dict[str, Any] = {
+        "title": f"UniFashion quickstart ({size})",
+        "size": size,
+        "preset": spec.preset,
+        "model": str(model),
+        "data": _data_counts(data),
+    }
     cmr = r["cmr"]
     report["cmr"] = {"full": _recalls(cmr["full"])}
     if "itc" in cmr.get("random100", {}):
@@ -341,8 +375,10 @@ def build_report(results: dict, samples: dict, summary: dict, spec: QuickstartSi
             report["cmr"]["random100_itm_rerank"] = _recalls(cmr["random100"]["itc_itm"])
     early = results.get("retrieval_phase1a")
     if early and "itc" in early["cmr"].get("random100", {}):
-        report["cmr"]["baseline"] = {"name": "same model after phase 1a only",
-                                     "random100": _recalls(early["cmr"]["random100"]["itc"])}  # fmt: skip
+        report["cmr"]["baseline"] = {
+            "name": "same model after phase 1a only",
+            "random100": _recalls(early["cmr"]["random100"]["itc"]),
+        }
     cir = r["cir"]
     if "composed" in cir:
         report["cir"] = {
@@ -355,16 +391,26 @@ def build_report(results: dict, samples: dict, summary: dict, spec: QuickstartSi
         }
     desc = c["styles"]["description"]
     keys = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-    report["captioning"] = {**_pick(desc["model"], *keys), "style": "description", "items": desc["items"],
-                            "baseline_nn": _pick(desc.get("nearest_neighbour", {}), *keys),
-                            "title": _pick(c["styles"].get("title", {}).get("model", {}), *keys)}  # fmt: skip
+    report["captioning"] = {
+        **_pick(desc["model"], *keys),
+        "style": "description",
+        "items": desc["items"],
+        "baseline_nn": _pick(desc.get("nearest_neighbour", {}), *keys),
+        "title": _pick(c["styles"].get("title", {}).get("model", {}), *keys),
+    }
     text = g["text"]
-    gen = {**_pick(text, "fid_effnet", "colour_accuracy", "category_accuracy", "itc_score", "seconds_per_image"),
-           "kid_effnet": text.get("kid_effnet_x1000", 0.0) / 1000.0, "sampler": f"{text['sampler']}-{text['steps']}",
-           "n": text["n"], "real": g.get("real_images", {}),
-           "composed": _pick(g.get("composed", {}), "fid_effnet", "colour_accuracy", "category_accuracy", "itc_score"),
-           "samplers": {name: _pick(s, "fid_effnet", "seconds_per_image", "colour_accuracy")
-                        for name, s in g.get("samplers", {}).items()}}  # fmt: skip
+    gen = {
+        **_pick(text, "fid_effnet", "colour_accuracy", "category_accuracy", "itc_score", "seconds_per_image"),
+        "kid_effnet": text.get("kid_effnet_x1000", 0.0) / 1000.0,
+        "sampler": f"{text['sampler']}-{text['steps']}",
+        "n": text["n"],
+        "real": g.get("real_images", {}),
+        "composed": _pick(g.get("composed", {}), "fid_effnet", "colour_accuracy", "category_accuracy", "itc_score"),
+        "samplers": {
+            name: _pick(s, "fid_effnet", "seconds_per_image", "colour_accuracy")
+            for name, s in g.get("samplers", {}).items()
+        },
+    }
     for task in ("tryon", "design"):
         if task in g:
             gen[task] = {
@@ -377,13 +423,23 @@ def build_report(results: dict, samples: dict, summary: dict, spec: QuickstartSi
             }
     report["generation"] = gen
     report["samples"] = samples
-    report["curves"] = {p.stem.removeprefix("losses_"): str(p.relative_to(model.parent))
-                        for p in sorted((model / "logs").glob("losses_*.csv"))}  # fmt: skip
+    report["curves"] = {
+        p.stem.removeprefix("losses_"): str(p.relative_to(model.parent))
+        for p in sorted((model / LOGS_FOLDER).glob("losses_*.csv"))
+    }
     training_seconds = {k: v["seconds"] for k, v in summary.items() if isinstance(v, dict) and "seconds" in v}
-    report["timing"] = {"total_seconds": clock.total(), "stages": dict(clock.stages),
-                        "training_stages": training_seconds}  # fmt: skip
-    report["settings"] = {"products": spec.products, "image_size": spec.image_size, "split": "val",
-                          "generation_limit": spec.generation_limit, "caption_items": spec.caption_items or "all"}  # fmt: skip
+    report["timing"] = {
+        "total_seconds": clock.total(),
+        "stages": dict(clock.stages),
+        "training_stages": training_seconds,
+    }
+    report["settings"] = {
+        "products": spec.products,
+        "image_size": spec.image_size,
+        "split": "val",
+        "generation_limit": spec.generation_limit,
+        "caption_items": spec.caption_items or "all",
+    }
     report["notes"] = _notes(report)
     return report
 
@@ -401,18 +457,26 @@ def _notes(report: dict) -> list[str]:
     notes = []
     r100 = report["cmr"].get("random100")
     if r100:
-        notes.append(f"Cross-modal random-100 R@1: image->text {r100['i2t'].get('R@1', 0):.1f}, "
-                     f"text->image {r100['t2i'].get('R@1', 0):.1f} (target at the full size: 85 both ways).")  # fmt: skip
+        notes.append(
+            f"Cross-modal random-100 R@1: image->text {r100['i2t'].get('R@1', 0):.1f}, "
+            f"text->image {r100['t2i'].get('R@1', 0):.1f} (target at the full size: 85 both ways)."
+        )
     cir = report.get("cir")
     if cir:
         best = max(v.get("avg", 0) for v in cir["baselines"].values())
-        notes.append(f"Composed retrieval: {cir['average']['avg']:.1f} vs {best:.1f} for the best baseline "
-                     "(target at the full size: +10).")  # fmt: skip
+        notes.append(
+            f"Composed retrieval: {cir['average']['avg']:.1f} vs {best:.1f} for the best baseline "
+            "(target at the full size: +10)."
+        )
     gen = report["generation"]
     if "colour_accuracy" in gen:
-        notes.append(f"Text-to-image colour accuracy {gen['colour_accuracy']:.1f} % (target at the full size: 80 %); "
-                     "fid_effnet uses EfficientNet-Lite0 features and is not comparable with published FID.")  # fmt: skip
+        notes.append(
+            f"Text-to-image colour accuracy {gen['colour_accuracy']:.1f} % (target at the full size: 80 %); "
+            "fid_effnet uses EfficientNet-Lite0 features and is not comparable with published FID."
+        )
     if report["size"] == "small":
-        notes.append("This is the small size: the figures show the pipeline works end to end; the quality targets "
-                     "are judged with --size full.")  # fmt: skip
+        notes.append(
+            "This is the small size: the figures show the pipeline works end to end; the quality targets "
+            "are judged with --size full."
+        )
     return notes

@@ -10,9 +10,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from unifashion.data.synth.generate import SynthConfig, write_fashionsynth
 
     cfg = SynthConfig(
-        products=args.products, seed=args.seed, size=args.size, max_views=args.views, tryon=args.tryon,
-        workers=args.workers, layouts=tuple(x for x in args.layouts.split(",") if x),
-    )  # fmt: skip
+        products=args.products,
+        seed=args.seed,
+        size=args.size,
+        max_views=args.views,
+        tryon=args.tryon,
+        workers=args.workers,
+        layouts=tuple(x for x in args.layouts.split(",") if x),
+    )
     summary = write_fashionsynth(args.out, cfg, progress=not args.quiet)
     c = summary["counts"]
     print(
@@ -38,7 +43,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         t = s["totals"]
         print(
             f"  {split:<10} products {t['products']:>7}  images {t['images']:>7}  captions {t['captions']:>7}  "
-            f"triplets {t['triplets']:>7}  pairs {t['paired_pairs']:>6}/{t['unpaired_pairs']:<6}  skipped {s['skipped']['count']}"
+            f"triplets {t['triplets']:>7}  pairs {t['paired_pairs']:>6}/{t['unpaired_pairs']:<6}  "
+            f"skipped {s['skipped']['count']}"
         )
         for note in s["notes"]:
             print(f"             note: {note}")
@@ -55,7 +61,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_commands(sub) -> None:
+def register(sub) -> None:
     from unifashion.data.formats import CHECK_IMAGES, FORMATS
 
     data = sub.add_parser("data", help="built-in FashionSynth data and readers of the real dataset formats")
@@ -84,8 +90,12 @@ def add_data_commands(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default=None, help="default: detected")
     p.add_argument("--json", action="store_true")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed items and count them, instead of stopping")
-    p.add_argument("--check-images", choices=CHECK_IMAGES, default="decode",
-                   help="decode every image (default), only check that files exist, or neither")  # fmt: skip
+    p.add_argument(
+        "--check-images",
+        choices=CHECK_IMAGES,
+        default="decode",
+        help="decode every image (default), only check that files exist, or neither",
+    )
     p.add_argument("--categories", default=None, help="comma-separated categories to read (default: all)")
     p.set_defaults(func=cmd_stats)
 

@@ -1,4 +1,4 @@
-"""Captions for images: load a checkpoint with a caption head and caption images in batches."""
+"""Captions for images: a checkpoint's caption head on the query outputs Z_I of the images, in batches."""
 
 from __future__ import annotations
 
@@ -10,23 +10,24 @@ import torch
 from tqdm import tqdm
 
 from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.checkpoint import CAPTION_FOLDER
 from unifashion.data.records import ImageRef
 from unifashion.models.captioner import Captioner, Decoding
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.training.captioning import image_queries
-from unifashion.training.loop import autocast
+from unifashion.pipelines.retrieval import image_queries
 from unifashion.utils.errors import UniFashionError
+from unifashion.utils.hardware import autocast
 
 
 def load_captioning_model(path: str | os.PathLike) -> tuple[RetrievalModel, Captioner]:
     """The Q-Former side and the caption head of checkpoint ``path``."""
     folder = Path(path)
     model = RetrievalModel.from_pretrained(folder)
-    if not (folder / "captioner").is_dir():
+    if not (folder / CAPTION_FOLDER).is_dir():
         raise UniFashionError(
             f"{folder}: no caption head (captioner/); train one with `unifashion train captioning --model {folder} ...`"
         )
-    return model, Captioner.from_pretrained(folder / "captioner")
+    return model, Captioner.from_pretrained(folder / CAPTION_FOLDER)
 
 
 @torch.no_grad()
