@@ -14,6 +14,7 @@ the layout, not the models (heads are written through their own ``save_pretraine
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -116,7 +117,7 @@ def extended_checkpoint(
         copy_entries(source, tmp, skip=replaced)
         yield tmp, meta
         if logs is not None and logs.exists():
-            shutil.copytree(logs, tmp / "logs", dirs_exist_ok=True)
+            shutil.copytree(logs, tmp / LOGS_FOLDER, dirs_exist_ok=True)
         atomic_write_json(tmp / CONFIG_FILE, meta)
     if logs is not None:
         shutil.rmtree(logs, ignore_errors=True)
@@ -154,8 +155,6 @@ def add_heads(
         added = head_names(captioner is not None, image_heads if vae is not None or image_heads else None)
         meta["heads"] = sorted(set(meta.get("heads", [])) | added)
         if captioner is not None:
-            import dataclasses
-
             meta["config"]["llm"] = dataclasses.asdict(captioner.config)
         meta.setdefault("training", {}).update(training or {})
     return Path(out)
