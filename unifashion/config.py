@@ -126,6 +126,12 @@ class DiffusionConfig:
     attention_head_dim: int = 32
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    # What the U-Net predicts: the noise ("epsilon", as Stable Diffusion 1.x) or
+    # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 ("v_prediction", as SD 2.x).
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # Betas rescaled so that the last training step is (all but) pure noise (Lin et al., 2024):
+    # the starting noise of sampling then is what training saw there. Needs v_prediction.
+    zero_terminal_snr: bool = False
     condition_dropout: float = 0.1  # for classifier-free guidance (App. B)
     guidance_scale: float = 3.0
     sampler: Literal["plms", "ddim", "dpm++"] = "dpm++"
@@ -240,6 +246,14 @@ class GenerationTrainingConfig:
     steps: int = 2500  # text2image U-Net
     tryon_steps: int = 500
     design_steps: int = 500
+    # The try-on U-Net also reads the cloth image's VAE latent beside the person (CatVTON's
+    # concatenation; the Q-Former's cloth queries stay the condition): ``benchmarks/tryon_cloth_latent.py``.
+    tryon_cloth_latent: bool = False
+    # Where the try-on and design U-Nets start: "fresh" weights, or the checkpoint's text2image
+    # head ("text2image": its U-Net with zero weights for the extra input channels, its adapter and
+    # null condition; Paint-by-Example and MGD start from Stable Diffusion the same way). Without a
+    # text2image head in the checkpoint they start fresh (the stage summary says which).
+    inpaint_init: Literal["fresh", "text2image"] = "fresh"
     batch_size: int = 32
     lr: float = 4e-4
     weight_decay: float = 0.0
@@ -253,6 +267,8 @@ class GenerationTrainingConfig:
     # ``Generator.q2i_loss``); 0: plain Gaussian noise. Without it the garment's
     # colour followed the mean of the starting noise more than the text (README).
     noise_offset: float = 0.1
+    # Min-SNR-gamma loss weighting (``Generator.q2i_loss``); 0: every step weighs the same.
+    min_snr_gamma: float = 0.0
     ema_decay: float = 0.999
     seed: int = 0
     bf16: bool = True

@@ -79,6 +79,7 @@ def cmd_train_generation(args: argparse.Namespace) -> int:
         steps=args.steps,
         tryon_steps=args.tryon_steps,
         design_steps=args.design_steps,
+        tryon_cloth_latent=args.tryon_cloth_latent,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -86,6 +87,7 @@ def cmd_train_generation(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         noisy_share=args.noisy_share,
         noise_offset=args.noise_offset,
+        min_snr_gamma=args.min_snr_gamma,
         continue_heads=args.continue_heads,
     )
     return _run(generation_part(args.model, args.data, cfg, fmt=args.format, split=args.split), args.out)
@@ -178,6 +180,12 @@ def _add_generation(tsub) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="text2image U-Net steps")
     p.add_argument("--tryon-steps", type=int, default=d.tryon_steps)
     p.add_argument("--design-steps", type=int, default=d.design_steps)
+    p.add_argument(
+        "--tryon-cloth-latent",
+        action=argparse.BooleanOptionalAction,
+        default=d.tryon_cloth_latent,
+        help="the try-on U-Net also reads the cloth image's latent as a spatial input",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0: keep the last weights")
@@ -192,6 +200,12 @@ def _add_generation(tsub) -> None:
         type=float,
         default=d.noise_offset,
         help="std of the per-channel constant added to the training noise (offset noise)",
+    )
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=d.min_snr_gamma,
+        help="Min-SNR-gamma loss weighting of the U-Net steps (0: off)",
     )
     p.add_argument(
         "--continue",

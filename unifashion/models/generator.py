@@ -21,7 +21,10 @@ besides the noisy latent (``Generator.extra_channels``):
 - ``text2image``: nothing (guided generation and editing);
 - ``tryon``: the agnostic person's latent, the inpainting mask and 18 pose
   heatmaps (Paint-by-Example style; the garment enters through the
-  Q-Former queries of the cloth image);
+  Q-Former queries of the cloth image), and with ``cloth_latent`` also the
+  cloth image's own latent (CatVTON's point: the garment's colours and
+  pattern, which 32 query tokens carry only coarsely, reach the U-Net at
+  every position);
 - ``design``: the same plus the garment sketch (MGD style; the text
   describing the garment is the condition).
 """
@@ -59,13 +62,18 @@ def check_task(task: str) -> str:
     return task
 
 
-def extra_channels(task: str, latent_channels: int) -> int:
-    """Channels the U-Net reads beside the noisy latent."""
+def extra_channels(task: str, latent_channels: int, cloth_latent: bool = False) -> int:
+    """Channels the U-Net reads beside the noisy latent, in this order: agnostic latent, mask,
+    pose heatmaps, then the sketch (design) or the cloth latent (try-on with ``cloth_latent``)."""
     check_task(task)
+    if cloth_latent and task != "tryon":
+        raise ConfigError(f"cloth_latent: only the tryon head reads the cloth's latent, not {task}")
     if task == "text2image":
         return 0
     inpaint = latent_channels + 1 + POSE_POINTS  # agnostic latent + mask + pose heatmaps
-    return inpaint + (1 if task == "design" else 0)  # + sketch
+    if task == "design":
+        return inpaint + 1  # + sketch
+    return inpaint + (latent_channels if cloth_latent else 0)
 
 
 def _groups(channels: tuple[int, ...], per_group: int) -> int:
@@ -140,11 +148,45 @@ def widen_conv_in(unet: nn.Module, in_channels: int) -> nn.Module:
     return unet
 
 
+TERMINAL_ALPHA_BAR = 2.0**-24  # the last step's alpha_bar under zero_terminal_snr (diffusers keeps the same)
+
+
+def schedule_betas(cfg: DiffusionConfig) -> list[float] | None:
+    """The betas of ``cfg.beta_schedule`` rescaled to zero terminal SNR (None without ``zero_terminal_snr``):
+    sqrt(alpha_bar) is shifted and scaled so that it ends at 0 (Lin et al., 2024, Algorithm 1), then
+    the last alpha_bar is raised to ``TERMINAL_ALPHA_BAR`` so that every sampler's division by
+    alpha_bar stays finite. Every scheduler gets these as ``trained_betas``."""
+    if not cfg.zero_terminal_snr:
+        return None
+    if cfg.prediction_type != "v_prediction":
+        raise ConfigError("zero_terminal_snr: needs prediction_type 'v_prediction' (noise is unpredictable at SNR 0)")
+    from diffusers import DDPMScheduler
+
+    base = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+    root = base.alphas_cumprod.double().sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alpha_bar = root**2
+    alpha_bar[-1] = TERMINAL_ALPHA_BAR
+    betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    return betas.tolist()
+
+
+def _schedule_fields(cfg: DiffusionConfig) -> dict:
+    betas = schedule_betas(cfg)
+    return {
+        "num_train_timesteps": cfg.num_train_timesteps,
+        "beta_schedule": cfg.beta_schedule,
+        "prediction_type": cfg.prediction_type,
+        **({"trained_betas": betas} if betas is not None else {}),
+    }
+
+
 def training_schedule(cfg: DiffusionConfig):
     """The forward (noising) process of training: DDPM with the preset's beta schedule."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+    return DDPMScheduler(**_schedule_fields(cfg))
 
 
 def make_sampler(name: str, cfg: DiffusionConfig):
@@ -158,12 +200,7 @@ def make_sampler(name: str, cfg: DiffusionConfig):
     (DPM-Solver++) the predicted x_0; latents are scaled to unit variance."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
-    common = {
-        "num_train_timesteps": cfg.num_train_timesteps,
-        "beta_schedule": cfg.beta_schedule,
-        "timestep_spacing": cfg.timestep_spacing,
-        "steps_offset": 1,
-    }
+    common = {**_schedule_fields(cfg), "timestep_spacing": cfg.timestep_spacing, "steps_offset": 1}
     clip = cfg.clip_range > 0
     if name == "plms":
         return PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=False)
@@ -223,6 +260,7 @@ class GeneratorSpec:
     image_height: int
     image_width: int
     latent_scale: float  # multiplies VAE latents to unit variance (SD's ``scaling_factor``)
+    cloth_latent: bool = False  # try-on: the cloth image's latent is a spatial input too
 
 
 class Generator(nn.Module):
@@ -248,13 +286,14 @@ class Generator(nn.Module):
         image_hw: tuple[int, int] | None = None,
         vae: nn.Module | None = None,
         latent_scale: float = 1.0,
+        cloth_latent: bool = False,
     ) -> Generator:
         """A head for ``task``; with ``config.source`` (the ``paper`` preset) the U-Net and VAE
         are Stable Diffusion / Paint-by-Example weights, the U-Net's first convolution widened
         with zero weights for the extra channels (MGD's way: the pretrained model is unchanged
         at the start)."""
         hw = image_hw or (config.image_size, config.image_size)
-        in_extra = extra_channels(task, config.latent_channels)
+        in_extra = extra_channels(task, config.latent_channels, cloth_latent)
         if config.source:
             from unifashion.backbones.diffusion import load_unet, load_vae
 
@@ -264,12 +303,16 @@ class Generator(nn.Module):
         else:
             vae = vae if vae is not None else build_vae(config)
             unet = build_unet(config, in_extra)
-        spec = GeneratorSpec(check_task(task), condition_dim, hw[0], hw[1], float(latent_scale))
+        spec = GeneratorSpec(check_task(task), condition_dim, hw[0], hw[1], float(latent_scale), cloth_latent)
         return cls(config, spec, vae, unet)
 
     @property
     def task(self) -> str:
         return self.spec.task
+
+    @property
+    def cloth_latent(self) -> bool:
+        return self.spec.cloth_latent
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -335,10 +378,12 @@ class Generator(nn.Module):
         drop_rate: float | None = None,
         noisy_share: float = 0.0,
         noise_offset: float = 0.0,
+        min_snr_gamma: float = 0.0,
         shard=None,
     ) -> torch.Tensor:
-        """E ||eps - eps_theta(x_t, t, f_zeta(Z))||^2 on clean latents (B, 4, h, w); the condition
-        is dropped for a ``drop_rate`` share of the rows (classifier-free guidance).
+        """E ||eps - eps_theta(x_t, t, f_zeta(Z))||^2 on clean latents (B, 4, h, w) (with
+        ``prediction_type`` "v_prediction" the target is v instead of eps); the condition is dropped
+        for a ``drop_rate`` share of the rows (classifier-free guidance).
 
         t is uniform over the schedule, except for a ``noisy_share`` of the rows drawn from its
         noisiest fifth: only there is x_t too noisy to show the garment, so only there does the
@@ -350,6 +395,10 @@ class Generator(nn.Module):
         noisiest steps (the mean of h x w noise values has 1 / sqrt(h w) of their spread), so the
         model learns to read the colour there from x_t; at sampling time x_T is pure noise and the
         colour then follows the random mean of the seed instead of the condition.
+
+        ``min_snr_gamma`` > 0 weights each row by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma, Hang et
+        al. 2023, in its noise-prediction form): the nearly clean steps, whose loss is small and
+        whose gradients pull against the noisy ones, count less.
 
         With a ``shard`` (:class:`unifashion.utils.distributed.Shard`) the random draws cover the
         whole batch, and only this process's rows go through the U-Net."""
@@ -372,7 +421,17 @@ class Generator(nn.Module):
             mask = None if mask is None else mask[lo:hi]
             extra = None if extra is None else extra[lo:hi]
         cond, mask = self.drop_condition(cond, mask, keep)
-        return F.mse_loss(self.predict_noise(x_t, t, cond, mask, extra).float(), noise.float())
+        pred = self.predict_noise(x_t, t, cond, mask, extra).float()
+        v = self.config.prediction_type == "v_prediction"
+        target = schedule.get_velocity(latents, noise, t) if v else noise
+        if min_snr_gamma <= 0:
+            return F.mse_loss(pred, target.float())
+        per_row = (pred - target.float()).pow(2).flatten(1).mean(dim=1)
+        alpha_bar = schedule.alphas_cumprod.to(per_row.device)[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        # The v-loss is the noise loss times (SNR + 1) / SNR: min(SNR, gamma) / SNR of the noise loss
+        # is min(SNR, gamma) / (SNR + 1) of the v-loss.
+        return (per_row * snr.clamp(max=min_snr_gamma) / (snr + 1 if v else snr)).mean()
 
     # -- sampling ------------------------------------------------------------
 

@@ -123,7 +123,7 @@ def image_features(model: RetrievalModel, refs: Sequence[ImageRef], cache: Featu
 class InpaintInputs:
     """What the try-on / design U-Net reads beside the noisy latent, and what is needed to paste back."""
 
-    extra: torch.Tensor  # (B, E, h, w): agnostic latent, mask, 18 pose maps (+ sketch)
+    extra: torch.Tensor  # (B, E, h, w): agnostic latent, mask, 18 pose maps (+ sketch or cloth latent)
     person_pixels: np.ndarray  # (B, H, W, 3): what is kept outside the mask
     agnostic_pixels: np.ndarray  # (B, H, W, 3)
     masks: np.ndarray  # (B, H, W) in [0, 1]; 1 = generated region
@@ -143,11 +143,16 @@ def inpaint_inputs(
     poses: Sequence[str | np.ndarray],
     agnostics: Sequence[ImageRef | None] | None = None,
     sketches: Sequence[ImageRef | None] | None = None,
+    cloths: Sequence[ImageRef | None] | None = None,
     pose_format: str = "openpose",
 ) -> InpaintInputs:
-    """Spatial inputs of ``generator`` (task ``tryon`` or ``design``) for a batch of persons."""
+    """Spatial inputs of ``generator`` (task ``tryon`` or ``design``) for a batch of persons; a
+    try-on head that reads the cloth's latent (``generator.cloth_latent``) needs ``cloths``: each
+    cloth image is padded to the person's frame and VAE-encoded."""
     if generator.task == "text2image":
         raise UniFashionError("inpaint_inputs: the text2image head takes no spatial inputs")
+    if generator.cloth_latent and (cloths is None or len(cloths) != len(persons) or any(c is None for c in cloths)):
+        raise UniFashionError("try-on: this head reads the cloth image as a spatial input; give one cloth per person")
     hw = generator.image_hw
     lhw = generator.latent_hw
     person_px, mask_px, agnostic_px, pose_maps, sketch_maps = [], [], [], [], []
@@ -179,6 +184,8 @@ def inpaint_inputs(
     ]
     if generator.task == "design":
         parts.append(to_latent_grid(torch.stack(sketch_maps), lhw))
+    if generator.cloth_latent:
+        parts.append(encode_images(generator, np.stack([fit_image(c.open(), hw) for c in cloths])))
     return InpaintInputs(torch.cat(parts, dim=1), np.stack(person_px), agnostic_arr, mask_arr)
 
 
@@ -200,6 +207,7 @@ def sample_inputs(generator: Generator, samples: Sequence[TryOnSample]) -> Inpai
         poses=[s.pose for s in samples],
         agnostics=[s.agnostic for s in samples],
         sketches=[s.sketch for s in samples],
+        cloths=[s.cloth for s in samples],
         pose_format=formats.pop() if formats else "openpose",
     )
 

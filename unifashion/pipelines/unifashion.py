@@ -374,6 +374,7 @@ class UniFashion:
                 poses=[pose],
                 agnostics=[agnostic_ref],
                 sketches=[sketch_ref] if sketch_ref else None,
+                cloths=[cloth_ref] if cloth_ref else None,
                 pose_format=pose_format,
             )
             return _repeat(

@@ -31,7 +31,7 @@ from unifashion.checkpoint import HEAD_FOLDERS, VAE_FOLDER
 from unifashion.config import CaptionTrainingConfig, GenerationTrainingConfig, LLMConfig, RetrievalTrainingConfig
 from unifashion.data.synth.attributes import garment_colour
 from unifashion.models.captioner import Captioner, check_style
-from unifashion.models.generator import Generator, from_pixels, training_schedule
+from unifashion.models.generator import Generator, from_pixels, training_schedule, widen_conv_in
 from unifashion.models.qformer import itc_loss, itm_loss
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.pipelines.retrieval import QueryTable
@@ -367,6 +367,7 @@ class UNetStage(StageBase, nn.Module):
                 generator,
                 noisy_share=self.cfg.noisy_share,
                 noise_offset=self.cfg.noise_offset,
+                min_snr_gamma=self.cfg.min_snr_gamma,
                 shard=shard,
             )
         return {"loss": loss, f"q2i_{kind}": loss.detach()}
@@ -416,6 +417,46 @@ def train_head(
     )
 
 
+def inpaint_start(source: Path, task: str, cfg: GenerationTrainingConfig) -> Path | None:
+    """The text2image head a fresh ``task`` head starts from (``cfg.inpaint_init``), or None."""
+    folder = source / HEAD_FOLDERS["text2image"]
+    if task == "text2image" or cfg.continue_heads or cfg.inpaint_init != "text2image" or not folder.is_dir():
+        return None
+    return folder
+
+
+def start_from_text2image(head: Generator, text2image: Generator) -> None:
+    """``head`` (try-on or design) takes the weights of a trained ``text2image`` head: the U-Net with
+    its first convolution widened by zero weights for the spatial inputs (so it starts as the
+    text2image model, ignoring them), the image adapter and the null condition."""
+    theirs, ours = text2image.config, head.config
+    if text2image.spec.condition_dim != head.spec.condition_dim or theirs.prediction_type != ours.prediction_type:
+        raise ConfigError(
+            f"inpaint_init: the text2image head reads {text2image.spec.condition_dim}-wide states and predicts "
+            f"{theirs.prediction_type}; this {head.task} head reads {head.spec.condition_dim} and predicts "
+            f"{ours.prediction_type}"
+        )
+    unet = widen_conv_in(text2image.unet, head.unet.config.in_channels)
+    missing = load_state_strict_or_none(head.unet, unet.state_dict())
+    if missing:
+        raise ConfigError(f"inpaint_init: the text2image U-Net differs from the {head.task} U-Net ({missing})")
+    head.image_adapter.load_state_dict(text2image.image_adapter.state_dict())
+    with torch.no_grad():
+        head.null_condition.copy_(text2image.null_condition)
+
+
+def load_state_strict_or_none(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Load ``state`` into ``module`` when every key and shape matches; else say what differs."""
+    own = module.state_dict()
+    if own.keys() != state.keys():
+        return f"keys differ: {sorted(set(own) ^ set(state))[:3]}"
+    shapes = [k for k in own if own[k].shape != state[k].shape]
+    if shapes:
+        return f"shapes differ at {shapes[:3]}"
+    module.load_state_dict(state)
+    return None
+
+
 def head_to_train(
     source: Path,
     task: str,
@@ -429,7 +470,14 @@ def head_to_train(
     """A fresh head for ``task`` on ``vae``, or with ``cfg.continue_heads`` the head of checkpoint
     ``source`` (which must have been trained on that same VAE: the checkpoint's own)."""
     if not cfg.continue_heads:
-        return Generator.build(dcfg, task, condition_dim, hw, vae=vae, latent_scale=latent_scale)
+        cloth_latent = task == "tryon" and cfg.tryon_cloth_latent
+        head = Generator.build(
+            dcfg, task, condition_dim, hw, vae=vae, latent_scale=latent_scale, cloth_latent=cloth_latent
+        )
+        start = inpaint_start(source, task, cfg)
+        if start is not None:
+            start_from_text2image(head, Generator.from_pretrained(start, vae_folder=source / VAE_FOLDER))
+        return head
     folder = source / HEAD_FOLDERS[task]
     if not folder.is_dir():
         raise ConfigError(f"continue_heads: {source} has no {task} head ({HEAD_FOLDERS[task]}/) to continue")

@@ -424,6 +424,7 @@ def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dic
     hw = product_hw(dcfg.image_size) if task == "text2image" else person_hw(dcfg.image_size)
     seed_everything(cfg.seed + 30 + sorted(HEAD_FOLDERS).index(task))
     # With continue_heads the head in model_dir is run.init_from's (checked in PipelineConfig.check).
+    start = phase1.inpaint_start(p.model_dir, task, cfg)
     head = phase1.head_to_train(
         p.model_dir, task, dcfg, model.config.qformer.hidden_size, hw, vae, float(vae.config.scaling_factor), cfg
     )
@@ -437,6 +438,8 @@ def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dic
     last = phase1.train_head(model, head, prepared, steps, cfg, p.log, runner=p.runner, resume=resume)
     _save_heads(p, vae=vae, image_heads={task: head}, training={"generation": to_dict(cfg)})
     continued = {"continued_from": str(Path(p.cfg.run.init_from) / HEAD_FOLDERS[task])} if cfg.continue_heads else {}
+    if start is not None:  # the model's own text2image head, as it was when this stage began
+        continued["started_from"] = f"{start.name}/"
     return {
         **continued,
         "steps": steps,

@@ -301,3 +301,118 @@ def test_offset_noise_and_noisy_share_shape_what_the_loss_trains_on(monkeypatch)
     loss(noisy_share=0.5)
     share = float((seen[0] >= 800).float().mean())
     assert share == pytest.approx(0.5 + 0.5 * 0.2, abs=0.07)
+
+
+def test_min_snr_weights_each_row_by_its_clamped_snr(monkeypatch):
+    """With a U-Net that predicts 0 each row's error is its noise's mean square; Min-SNR-gamma
+    multiplies it by min(SNR(t), gamma) / SNR(t): a gamma above every SNR changes nothing, and
+    a small one gives the weighted mean computed here by hand from the same t."""
+    torch.manual_seed(0)
+    gen = Generator.build(TINY, "text2image", 64)
+    seen = []
+
+    def zero(noisy, t, cond, mask, extra):
+        seen.append(t.clone())
+        return torch.zeros_like(noisy)
+
+    monkeypatch.setattr(gen, "predict_noise", zero)
+    latents = torch.zeros(64, TINY.latent_channels, *gen.latent_hw)
+    states, schedule = _states(64), training_schedule(TINY)
+
+    def loss(**kw):
+        return float(gen.q2i_loss(latents, states, None, None, schedule, torch.Generator().manual_seed(3), **kw))
+
+    plain = loss()
+    snr_all = schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)
+    assert loss(min_snr_gamma=float(snr_all.max()) * 2) == pytest.approx(plain, rel=1e-5)
+    seen.clear()
+    weighted = loss(min_snr_gamma=5.0)
+    t = seen[0]
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(3))  # the loss's first draw
+    snr = snr_all[t]
+    expected = (noise.pow(2).flatten(1).mean(dim=1) * snr.clamp(max=5.0) / snr).mean()
+    assert weighted == pytest.approx(float(expected), rel=1e-5)
+    assert weighted < plain * 0.9  # rows with SNR > 5 (the clean end of the schedule) count less
+
+
+def test_a_cloth_latent_tryon_head_reads_the_cloths_latent(tmp_path):
+    from PIL import Image
+
+    from unifashion.data.records import ImageRef
+    from unifashion.pipelines.generation import encode_images, fit_image, inpaint_inputs
+
+    e = extra_channels("tryon", TINY.latent_channels, cloth_latent=True)
+    assert e == extra_channels("tryon", TINY.latent_channels) + TINY.latent_channels
+    with pytest.raises(ConfigError, match="cloth_latent"):
+        extra_channels("design", TINY.latent_channels, cloth_latent=True)
+    torch.manual_seed(0)
+    gen = Generator.build(TINY, "tryon", 64, image_hw=(32, 24), cloth_latent=True).eval()
+    assert gen.unet.config.in_channels == TINY.latent_channels + e
+    gen.save_pretrained(tmp_path / "head")
+    assert Generator.from_pretrained(tmp_path / "head").spec.cloth_latent
+
+    paths = {}
+    for name, colour in (("person", (200, 180, 160)), ("mask", (255, 255, 255)), ("red", (220, 20, 20))):
+        paths[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (24, 32) if name != "red" else (40, 40), colour).save(paths[name])
+    paths["blue"] = tmp_path / "blue.png"
+    Image.new("RGB", (40, 40), (20, 20, 220)).save(paths["blue"])
+    pose = np.zeros((18, 3), np.float32)
+
+    def inputs(cloth):
+        return inpaint_inputs(
+            gen,
+            persons=[ImageRef(str(paths["person"]))],
+            masks=[ImageRef(str(paths["mask"]))],
+            poses=[pose],
+            cloths=None if cloth is None else [ImageRef(str(paths[cloth]))],
+        )
+
+    red, blue = inputs("red").extra, inputs("blue").extra
+    assert red.shape == (1, e, *gen.latent_hw)
+    assert torch.equal(red[:, : e - 4], blue[:, : e - 4])  # the person's channels do not depend on the cloth
+    own = encode_images(gen, fit_image(Image.open(paths["red"]), gen.image_hw)[None])
+    assert torch.allclose(red[:, e - 4 :], own)
+    assert not torch.allclose(red[:, e - 4 :], blue[:, e - 4 :])
+    with pytest.raises(UniFashionError, match="cloth image"):
+        inputs(None)
+
+
+def test_zero_terminal_snr_ends_the_schedule_in_noise_and_every_sampler_stays_finite():
+    from dataclasses import replace
+
+    from unifashion.models.generator import TERMINAL_ALPHA_BAR
+
+    with pytest.raises(ConfigError, match="v_prediction"):
+        training_schedule(replace(TINY, zero_terminal_snr=True))
+    # A scaled-linear schedule ends well above zero (SD's at alpha_bar 0.0047): the image's mean shows through.
+    linear = replace(TINY, beta_schedule="scaled_linear", prediction_type="v_prediction")
+    base = training_schedule(linear).alphas_cumprod
+    zero = training_schedule(replace(linear, zero_terminal_snr=True)).alphas_cumprod
+    assert float(base[-1]) > 1000 * TERMINAL_ALPHA_BAR
+    assert float(zero[0]) == pytest.approx(float(base[0]), rel=1e-6)  # the clean end is kept
+    assert float(zero[-1]) == pytest.approx(TERMINAL_ALPHA_BAR, rel=1e-3)  # the noisy end is (all but) pure noise
+    assert bool((zero[1:] < zero[:-1]).all())
+    cfg = replace(TINY, prediction_type="v_prediction", zero_terminal_snr=True)
+    torch.manual_seed(0)
+    gen = Generator.build(cfg, "text2image", 64).eval()
+    for sampler in SAMPLERS:
+        for spacing in ("leading", "trailing"):
+            gen.config = replace(cfg, timestep_spacing=spacing)
+            out = gen.sample(_states(1), sampler=sampler, steps=4)
+            assert torch.isfinite(out).all(), (sampler, spacing)
+
+
+def test_v_prediction_trains_on_the_velocity(monkeypatch):
+    """With a U-Net that predicts 0 the loss is the target's mean square: for clean latents x_0 = 0
+    the velocity sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 has mean square E[alpha_bar] < 1."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    gen = Generator.build(replace(TINY, prediction_type="v_prediction"), "text2image", 64)
+    monkeypatch.setattr(gen, "predict_noise", lambda noisy, t, cond, mask, extra: torch.zeros_like(noisy))
+    latents = torch.zeros(512, TINY.latent_channels, *gen.latent_hw)
+    schedule = training_schedule(gen.config)
+    loss = float(gen.q2i_loss(latents, _states(512), None, None, schedule, torch.Generator().manual_seed(0)))
+    assert loss == pytest.approx(float(schedule.alphas_cumprod.mean()), abs=0.05)
+    assert loss < 0.7

@@ -222,6 +222,36 @@ def test_continue_heads_fine_tunes_the_init_models_head(full_run, tmp_path, data
         assert ((out / unet).read_bytes() == (model / unet).read_bytes()) is continued
 
 
+def test_tryon_and_design_heads_can_start_from_the_text2image_head(full_run, tmp_path, data):
+    """inpaint_init = "text2image": with learning rate 0 the try-on U-Net (reading the cloth latent
+    too) is the text2image U-Net, its first convolution widened by zero weights; "fresh" is not."""
+    model, _, _ = full_run
+    source = load_file(model / "generator/unet/diffusion_pytorch_model.safetensors")
+    for init in ("text2image", "fresh"):
+        cfg = load_pipeline_config(
+            write_config(tmp_path, data),
+            [
+                f"generation.inpaint_init='{init}'",
+                "generation.tryon_cloth_latent=true",
+                "generation.lr=0",
+                f"run.init_from='{model}'",
+                "run.stages=['phase1b_tryon']",
+            ],
+        )
+        out = tmp_path / f"init-{init}"
+        summary = train_pipeline(cfg, out)
+        tryon = load_file(out / "tryon/unet/diffusion_pytorch_model.safetensors")
+        conv = tryon["conv_in.weight"]
+        assert conv.shape[1] == source["conv_in.weight"].shape[1] + 4 + 1 + 18 + 4  # + person, mask, pose, cloth
+        same = all(torch.equal(tryon[k], v) for k, v in source.items() if k != "conv_in.weight")
+        assert same is (init == "text2image")
+        if init == "text2image":
+            assert torch.equal(conv[:, :4], source["conv_in.weight"]) and not conv[:, 4:].any()
+            assert summary["phase1b_tryon"]["started_from"] == "generator/"
+        else:
+            assert "started_from" not in summary["phase1b_tryon"]
+
+
 # ---------------------------------------------------------------------------
 # resume
 
