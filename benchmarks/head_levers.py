@@ -133,10 +133,18 @@ def main() -> None:
             cfg = replace(cfg, tasks=(args.task,), log_every=10**9)
             head_dcfg = from_dict(DiffusionConfig, {**to_dict(dcfg), **diffusion}, where=f"{name}: diffusion")
             seed_everything(cfg.seed + 30)
+            given = args.text2image and args.task != "text2image" and cfg.inpaint_init == "text2image"
             head = phase1.head_to_train(
-                Path(args.model), args.task, head_dcfg, model.config.qformer.hidden_size, hw, vae, vae_scale(vae), cfg
+                Path(args.model),
+                args.task,
+                head_dcfg,
+                model.config.qformer.hidden_size,
+                hw,
+                vae,
+                vae_scale(vae),
+                replace(cfg, inpaint_init="fresh") if given else cfg,
             )
-            if args.text2image and args.task != "text2image" and cfg.inpaint_init == "text2image":
+            if given:
                 phase1.start_from_text2image(head, Generator.from_pretrained(args.text2image, Path(args.model) / "vae"))
             if args.task == "text2image":
                 prepared = text2image_data(model, head, train, cache, progress=False)

@@ -80,6 +80,7 @@ def cmd_train_generation(args: argparse.Namespace) -> int:
         tryon_steps=args.tryon_steps,
         design_steps=args.design_steps,
         tryon_cloth_latent=args.tryon_cloth_latent,
+        inpaint_init=args.inpaint_init,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -185,6 +186,12 @@ def _add_generation(tsub) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.tryon_cloth_latent,
         help="the try-on U-Net also reads the cloth image's latent as a spatial input",
+    )
+    p.add_argument(
+        "--inpaint-init",
+        choices=("fresh", "text2image"),
+        default=d.inpaint_init,
+        help="start the try-on and design U-Nets from fresh weights or from the checkpoint's text2image head",
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
