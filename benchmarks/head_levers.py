@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from unifashion.backbones.feature_cache import FeatureCache
+from unifashion.checkpoint import VAE_FOLDER
 from unifashion.config import DiffusionConfig, GenerationTrainingConfig, from_dict, to_dict
 from unifashion.data.formats import read_split
 from unifashion.evaluation.generation import accuracy, garment_colour, person_condition, person_figures
@@ -141,11 +142,13 @@ def main() -> None:
                 model.config.qformer.hidden_size,
                 hw,
                 vae,
-                vae_scale(vae),
+                float(vae.config.scaling_factor),
                 replace(cfg, inpaint_init="fresh") if given else cfg,
             )
             if given:
-                phase1.start_from_text2image(head, Generator.from_pretrained(args.text2image, Path(args.model) / "vae"))
+                phase1.start_from_text2image(
+                    head, Generator.from_pretrained(args.text2image, Path(args.model) / VAE_FOLDER)
+                )
             if args.task == "text2image":
                 prepared = text2image_data(model, head, train, cache, progress=False)
             else:
@@ -184,11 +187,7 @@ def main() -> None:
 def phase1_vae(folder: Path):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(str(folder / "vae"), use_safetensors=True).eval()
-
-
-def vae_scale(vae) -> float:
-    return float(vae.config.scaling_factor)
+    return AutoencoderKL.from_pretrained(str(folder / VAE_FOLDER), use_safetensors=True).eval()
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ class GenerationTrainingConfig:
     tryon_steps: int = 500
     design_steps: int = 500
     # The try-on U-Net also reads the cloth image's VAE latent beside the person (CatVTON's
-    # concatenation; the Q-Former's cloth queries stay the condition): ``benchmarks/tryon_cloth_latent.py``.
+    # concatenation; the Q-Former's cloth queries stay the condition): ``benchmarks/head_levers.py``.
     tryon_cloth_latent: bool = False
     # Where the try-on and design U-Nets start: "fresh" weights, or the checkpoint's text2image
     # head ("text2image": its U-Net with zero weights for the extra input channels, its adapter and

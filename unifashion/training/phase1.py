@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unifashion.backbones.feature_cache import FeatureTable
+from unifashion.backbones.hub import load_state_strict
 from unifashion.checkpoint import HEAD_FOLDERS, VAE_FOLDER
 from unifashion.config import CaptionTrainingConfig, GenerationTrainingConfig, LLMConfig, RetrievalTrainingConfig
 from unifashion.data.synth.attributes import garment_colour
@@ -436,25 +437,15 @@ def start_from_text2image(head: Generator, text2image: Generator) -> None:
             f"{theirs.prediction_type}; this {head.task} head reads {head.spec.condition_dim} and predicts "
             f"{ours.prediction_type}"
         )
-    unet = widen_conv_in(text2image.unet, head.unet.config.in_channels)
-    missing = load_state_strict_or_none(head.unet, unet.state_dict())
-    if missing:
-        raise ConfigError(f"inpaint_init: the text2image U-Net differs from the {head.task} U-Net ({missing})")
+    state = widen_conv_in(text2image.unet, head.unet.config.in_channels).state_dict()
+    own = head.unet.state_dict()
+    shapes = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if shapes:
+        raise ConfigError(f"inpaint_init: the text2image U-Net differs from the {head.task} U-Net at {shapes[:3]}")
+    load_state_strict(head.unet, state, what=f"inpaint_init: the text2image U-Net as the {head.task} U-Net")
     head.image_adapter.load_state_dict(text2image.image_adapter.state_dict())
     with torch.no_grad():
         head.null_condition.copy_(text2image.null_condition)
-
-
-def load_state_strict_or_none(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """Load ``state`` into ``module`` when every key and shape matches; else say what differs."""
-    own = module.state_dict()
-    if own.keys() != state.keys():
-        return f"keys differ: {sorted(set(own) ^ set(state))[:3]}"
-    shapes = [k for k in own if own[k].shape != state[k].shape]
-    if shapes:
-        return f"shapes differ at {shapes[:3]}"
-    module.load_state_dict(state)
-    return None
 
 
 def head_to_train(

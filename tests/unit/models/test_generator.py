@@ -272,13 +272,11 @@ def test_given_starting_noise_replaces_the_seeds_draw():
         gen.sample(states, steps=3, noise=torch.zeros(1, *shape[1:]))
 
 
-def test_offset_noise_and_noisy_share_shape_what_the_loss_trains_on(monkeypatch):
-    """The loss target is the noise: with a U-Net that predicts 0 the loss is the noise's mean
-    square, 1 + offset^2 with offset noise; noisy_share moves the noise levels to the top fifth."""
-    from unifashion.models.generator import training_schedule
-
+def _loss_of_a_zero_unet(monkeypatch, cfg, rows: int, seed: int):
+    """(loss(**q2i_loss options), the t of each call, the schedule) of a text2image head whose U-Net
+    predicts 0, on clean latents x_0 = 0: the loss is then the target's mean square."""
     torch.manual_seed(0)
-    gen = Generator.build(TINY, "text2image", 64)
+    gen = Generator.build(cfg, "text2image", 64)
     seen = []
 
     def zero(noisy, t, cond, mask, extra):
@@ -286,12 +284,19 @@ def test_offset_noise_and_noisy_share_shape_what_the_loss_trains_on(monkeypatch)
         return torch.zeros_like(noisy)
 
     monkeypatch.setattr(gen, "predict_noise", zero)
-    latents = torch.zeros(512, TINY.latent_channels, *gen.latent_hw)
-    states, schedule = _states(512), training_schedule(TINY)
+    latents = torch.zeros(rows, cfg.latent_channels, *gen.latent_hw)
+    states, schedule = _states(rows), training_schedule(cfg)
 
     def loss(**kw):
-        return float(gen.q2i_loss(latents, states, None, None, schedule, torch.Generator().manual_seed(0), **kw))
+        return float(gen.q2i_loss(latents, states, None, None, schedule, torch.Generator().manual_seed(seed), **kw))
 
+    return loss, seen, schedule
+
+
+def test_offset_noise_and_noisy_share_shape_what_the_loss_trains_on(monkeypatch):
+    """The loss target is the noise: with a U-Net that predicts 0 the loss is the noise's mean
+    square, 1 + offset^2 with offset noise; noisy_share moves the noise levels to the top fifth."""
+    loss, seen, _ = _loss_of_a_zero_unet(monkeypatch, TINY, rows=512, seed=0)
     assert loss() == pytest.approx(1.0, abs=0.02)
     assert loss(noise_offset=1.0) == pytest.approx(2.0, abs=0.15)
     seen.clear()
@@ -307,28 +312,16 @@ def test_min_snr_weights_each_row_by_its_clamped_snr(monkeypatch):
     """With a U-Net that predicts 0 each row's error is its noise's mean square; Min-SNR-gamma
     multiplies it by min(SNR(t), gamma) / SNR(t): a gamma above every SNR changes nothing, and
     a small one gives the weighted mean computed here by hand from the same t."""
-    torch.manual_seed(0)
-    gen = Generator.build(TINY, "text2image", 64)
-    seen = []
-
-    def zero(noisy, t, cond, mask, extra):
-        seen.append(t.clone())
-        return torch.zeros_like(noisy)
-
-    monkeypatch.setattr(gen, "predict_noise", zero)
-    latents = torch.zeros(64, TINY.latent_channels, *gen.latent_hw)
-    states, schedule = _states(64), training_schedule(TINY)
-
-    def loss(**kw):
-        return float(gen.q2i_loss(latents, states, None, None, schedule, torch.Generator().manual_seed(3), **kw))
-
+    loss, seen, schedule = _loss_of_a_zero_unet(monkeypatch, TINY, rows=64, seed=3)
     plain = loss()
     snr_all = schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)
     assert loss(min_snr_gamma=float(snr_all.max()) * 2) == pytest.approx(plain, rel=1e-5)
     seen.clear()
     weighted = loss(min_snr_gamma=5.0)
     t = seen[0]
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(3))  # the loss's first draw
+    noise = torch.randn(
+        (64, TINY.latent_channels, 16, 16), generator=torch.Generator().manual_seed(3)
+    )  # its first draw
     snr = snr_all[t]
     expected = (noise.pow(2).flatten(1).mean(dim=1) * snr.clamp(max=5.0) / snr).mean()
     assert weighted == pytest.approx(float(expected), rel=1e-5)
@@ -408,11 +401,7 @@ def test_v_prediction_trains_on_the_velocity(monkeypatch):
     the velocity sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 has mean square E[alpha_bar] < 1."""
     from dataclasses import replace
 
-    torch.manual_seed(0)
-    gen = Generator.build(replace(TINY, prediction_type="v_prediction"), "text2image", 64)
-    monkeypatch.setattr(gen, "predict_noise", lambda noisy, t, cond, mask, extra: torch.zeros_like(noisy))
-    latents = torch.zeros(512, TINY.latent_channels, *gen.latent_hw)
-    schedule = training_schedule(gen.config)
-    loss = float(gen.q2i_loss(latents, _states(512), None, None, schedule, torch.Generator().manual_seed(0)))
+    loss_of, _, schedule = _loss_of_a_zero_unet(monkeypatch, replace(TINY, prediction_type="v_prediction"), 512, 0)
+    loss = loss_of()
     assert loss == pytest.approx(float(schedule.alphas_cumprod.mean()), abs=0.05)
     assert loss < 0.7
