@@ -1,17 +1,27 @@
 import json
-import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from unifashion.backbones.cache import backbone_dir, cache_home, cached_build
-from unifashion.utils.io import atomic_directory, atomic_write_json, atomic_write_text
+from unifashion.utils.io import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    exchange_paths,
+    recover_directory,
+)
 
 
 def test_cache_home_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "h"))
     assert cache_home() == tmp_path / "h"
     monkeypatch.delenv("UNIFASHION_HOME")
-    assert cache_home() == os.path.expanduser("~/.cache/unifashion") or str(cache_home()).endswith(".cache/unifashion")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_home() == tmp_path / "home" / ".cache" / "unifashion"
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):
@@ -35,6 +45,97 @@ def test_atomic_directory_keeps_the_old_folder_on_failure(tmp_path):
         (scratch / "w.txt").write_text("new")
     assert (target / "w.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+# A child process replaces a folder holding "old" files by one holding "new" files and kills itself
+# with SIGKILL at one point of the replace; the folder must then hold every old file or every new one.
+KILLED_REPLACE = textwrap.dedent(
+    """
+    import os, shutil, signal, sys
+    from pathlib import Path
+    from unifashion.utils import io
+
+    target, point = Path(sys.argv[1]), sys.argv[2]
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    exchange, rename, rmtree = io.exchange_paths, os.rename, shutil.rmtree
+    fallback = point.startswith("fallback")
+    moves = []  # renames and exchanges done so far
+
+    def move(do, a, b):
+        if point.endswith("before the first move") and not moves:
+            die()
+        done = do(a, b)
+        if done is not False:
+            moves.append(b)
+        if point.endswith("after the first move") and len(moves) == 1:
+            die()
+        return done
+
+    def rmtree_half_then_die(folder, ignore_errors=False):
+        if point.endswith("cleanup"):
+            files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+            files[0].unlink()  # a kill half-way through deleting the previous folder
+            die()
+        rmtree(folder, ignore_errors=ignore_errors)
+
+    io.exchange_paths = (lambda a, b: False) if fallback else (lambda a, b: move(exchange, a, b))
+    io.os.rename = lambda a, b: move(rename, a, b)
+    io.shutil.rmtree = rmtree_half_then_die
+    with io.atomic_directory(target) as scratch:
+        for i in range(3):
+            (scratch / f"part{i}").write_text("new")
+            if point == "writing" and i == 1:
+                die()
+    """
+)
+# Where the child dies, and what the folder then holds.
+KILL_POINTS = {
+    "writing": "old",
+    "before the first move": "old",
+    "after the first move": "new",  # the exchange: one move and the new folder is in place
+    "cleanup": "new",
+    "fallback: before the first move": "old",
+    "fallback: after the first move": "old",  # moved aside, put back by the next access
+    "fallback: cleanup": "new",
+}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_at_any_point_of_a_folder_replace_keeps_a_whole_folder(tmp_path, point):
+    if not point.startswith("fallback") and not exchange_paths(tmp_path, tmp_path):
+        pytest.skip("this system has no exchange of two paths in one call")
+    target = tmp_path / "model"
+    with atomic_directory(target) as scratch:
+        for i in range(3):
+            (scratch / f"part{i}").write_text("old")
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_REPLACE, str(target), point], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    if point == "fallback: after the first move":
+        # Without the exchange call the old folder sits aside until the next access puts it back.
+        assert not target.exists()
+        assert recover_directory(target)
+    contents = {p.name: p.read_text() for p in target.iterdir()}
+    assert contents == {f"part{i}": KILL_POINTS[point] for i in range(3)}
+    # The next write of the same folder works and leaves nothing but the folder and hidden scraps of the kill.
+    with atomic_directory(target) as scratch:
+        (scratch / "part0").write_text("next")
+    assert [p.name for p in target.iterdir()] == ["part0"]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["model"]
+
+
+def test_exchange_paths_swaps_two_folders(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("a")
+    (b / "f").write_text("b")
+    if not exchange_paths(a, b):
+        pytest.skip("this system has no exchange of two paths in one call")
+    assert ((a / "f").read_text(), (b / "f").read_text()) == ("b", "a")
+    with pytest.raises(FileNotFoundError):
+        exchange_paths(a, tmp_path / "missing")
 
 
 def test_cached_build_rebuilds_only_when_the_source_changes(monkeypatch, tmp_path):
