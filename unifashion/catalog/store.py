@@ -11,8 +11,10 @@
 
 Every change (build, add, remove) writes a whole new version beside the live one and then
 switches ``CURRENT``: a writer killed half-way leaves the previous version live and loadable,
-and its half-written folder (``.building-*``) is removed by the next writer. A serving process
-keeps the version it loaded; the previous version stays on disk for it.
+and its half-written folder (``.building-*``) is removed by the next writer; one killed after
+renaming its version into place but before the switch leaves an orphan that is never made live.
+A loaded ``Catalog`` holds a shared lock on its version's ``catalog.json``; writers keep the two
+newest versions and delete older ones only when no process holds them (a later write retries).
 
 Three indexes answer three kinds of query (same scores as ``unifashion eval retrieval``):
 ``queries`` holds each product's Q query vectors, for text and composed queries (Eq. 3: the best
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -149,6 +152,30 @@ def _writer_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _hold_version(path: Path):
+    """A shared lock on a version's manifest, held while a ``Catalog`` reads that version: the
+    writers' clean-up leaves a version alone while anyone holds it."""
+    f = open(path / "catalog.json", "rb")  # noqa: SIM115 (held for the Catalog's lifetime)
+    fcntl.flock(f, fcntl.LOCK_SH)
+    return f
+
+
+def _remove_unless_open(version_dir: Path) -> bool:
+    """Delete an old version unless a reader holds it (then a later write removes it)."""
+    try:
+        f = open(version_dir / "catalog.json", "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        shutil.rmtree(version_dir, ignore_errors=True)
+        return True
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        shutil.rmtree(version_dir, ignore_errors=True)
+        return True
+
+
 def _live_version(folder: Path) -> str | None:
     try:
         name = (folder / "CURRENT").read_text().strip()
@@ -254,6 +281,7 @@ class Catalog:
             raise CatalogError(f"{self.path / 'catalog.json'}: unreadable catalog manifest ({exc})") from None
         if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
             raise CatalogError(f"{self.path / 'catalog.json'}: not a version-{FORMAT_VERSION} UniFashion catalog")
+        self._hold = _hold_version(self.path)
         from safetensors.numpy import load_file
 
         stored = load_file(os.fspath(self.path / "vectors.safetensors"))
@@ -324,7 +352,7 @@ class Catalog:
             atomic_write_text(folder / "CURRENT", version + "\n")  # the switch
             live = sorted(p for p in folder.glob("v[0-9]*") if p.is_dir())
             for old in live[:-KEEP_VERSIONS]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_unless_open(old)
         return cls(folder, version)
 
     @classmethod
@@ -506,8 +534,8 @@ class Catalog:
         if vector.shape[0] != self.dim:
             raise CatalogError(f"search: a {vector.shape[0]}-dim query for a catalog of {self.dim}-dim vectors")
         w = float(self.manifest.get("caption_weight", 0.0) if caption_weight is None else caption_weight)
-        if not w >= 0.0:
-            raise CatalogError(f"caption_weight: expected a number >= 0, got {w}")
+        if not (w >= 0.0 and math.isfinite(w)):
+            raise CatalogError(f"caption_weight: expected a finite number >= 0, got {w}")
         use_captions = w != 0.0 and self.has_captions
         n = len(self)
         if n == 0 or k < 1:
@@ -561,6 +589,7 @@ class Catalog:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
+        self._hold.close()  # releases the version for the writers' clean-up
 
     def __repr__(self) -> str:
         return f"Catalog({self.folder}, {self.version}, {len(self)} products, {self.manifest['kinds']['queries']})"

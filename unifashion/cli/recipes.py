@@ -37,6 +37,42 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_report(path: str):
+    import json
+    from pathlib import Path
+
+    from unifashion.utils.errors import ConfigError
+
+    file = Path(path) / "report.json" if Path(path).is_dir() else Path(path)
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: cannot read a quickstart report ({exc})") from None
+    if not isinstance(report, dict) or "timing" not in report:
+        raise ConfigError(f"{file}: not a quickstart report.json (no 'timing')")
+    return report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    import sys
+
+    from unifashion.evaluation.markdown import report_markdown
+    from unifashion.evaluation.targets import evaluate_targets, format_targets
+
+    report = _read_report(args.run)
+    other = _read_report(args.spread_from) if args.spread_from else None
+    targets = evaluate_targets(report, other)
+    if args.json:
+        print(json.dumps(targets, indent=1))
+    elif args.markdown:
+        print(report_markdown(report, targets, "unifashion " + shlex.join(sys.argv[1:])))
+    else:
+        print(format_targets(targets))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("quickstart", help="the whole job on FashionSynth: data, every phase, every evaluation, report")
     p.add_argument("--out", required=True, help="folder for the data, the model and report.html / report.json")
@@ -59,3 +95,14 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("report", help="the quality targets of a quickstart run (and the README's tables)")
+    p.add_argument("run", help="a quickstart --out folder, or its report.json")
+    p.add_argument(
+        "--spread-from",
+        metavar="RUN",
+        help="a second run (another --seed): each figure's spread is the difference of the two runs",
+    )
+    p.add_argument("--markdown", action="store_true", help="every README table of the run, as Markdown")
+    p.add_argument("--json", action="store_true", help="the targets as JSON")
+    p.set_defaults(func=cmd_report)

@@ -10,11 +10,18 @@ The test split has no ``target``: it is read as unlabelled (``has_targets``
 False) with a note, not as an error. Captions are kept exactly as written
 (leading spaces, typos, case); the evaluation query joins them with
 :func:`~unifashion.data.records.join_relative_captions`.
+
+Quirks of the real release, kept as the published protocol keeps them and
+reported in the split's notes: a triplet where one annotator wrote nothing
+(``"captions": ["", "..."]``) is kept; an image id listed by two categories'
+split files (shirt and toptee share 121 val ids) belongs to both galleries
+(``Product.also_in``).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from unifashion.data.records import (
@@ -75,6 +82,8 @@ def read(
     found_any = False
     labelled_files, unlabelled_files = [], []
     products: dict[str, Product] = {}
+    empty_captions: dict[str, int] = {}  # file -> triplets with one empty caption (kept)
+    shared: dict[str, int] = {}  # "shirt+toptee" -> image ids in both splits
     for cat in cats:
         split_file = root / "image_splits" / f"split.{cat}.{split}.json"
         cap_file = root / "captions" / f"cap.{cat}.{split}.json"
@@ -102,9 +111,15 @@ def read(
                 t = _triplet(obj, cat, split, unlabelled, problems, cap_file, i)
                 if t is not None:
                     triplets.append(t)
-        for asin in gallery + [x for t in triplets for x in (t.reference, t.target) if x]:
-            if asin not in products:
+                    if any(not c.strip() for c in t.captions):
+                        empty_captions[cap_file.name] = empty_captions.get(cap_file.name, 0) + 1
+        for asin in dict.fromkeys(gallery + [x for t in triplets for x in (t.reference, t.target) if x]):
+            p = products.get(asin)
+            if p is None:
                 products[asin] = Product(asin, cat, (image_ref(root, asin),), (), split=split)
+            elif not p.in_category(cat):  # listed by two categories' splits: a member of both galleries
+                products[asin] = replace(p, also_in=(*p.also_in, cat))
+                shared[f"{p.category}+{cat}"] = shared.get(f"{p.category}+{cat}", 0) + 1
         out.triplets.extend(triplets)
     if not found_any:
         raise DataError(
@@ -129,6 +144,18 @@ def read(
         )
     elif unlabelled_files:
         out.notes.append(f"no target labels in {', '.join(unlabelled_files)}")
+    if empty_captions:
+        where = ", ".join(f"{name}: {n}" for name, n in sorted(empty_captions.items()))
+        out.notes.append(
+            f"{sum(empty_captions.values())} triplets with one empty caption kept, the query joins what "
+            f"is there as the published evaluation code does ({where})"
+        )
+    if shared:
+        where = ", ".join(f"{pair}: {n}" for pair, n in sorted(shared.items()))
+        out.notes.append(
+            f"{sum(shared.values())} image ids listed by two categories' splits ({where}); each category's "
+            "gallery is its own split list, shared ids included"
+        )
     out.skipped = problems.skipped
     return out
 
@@ -148,7 +175,7 @@ def _triplet(obj, cat: str, split: str, unlabelled: bool, problems: Problems, pa
     if not isinstance(captions, list) or not captions:
         problems.report("wrong type for 'captions': expected a non-empty list of strings", path=path, item=i)
         return None
-    caps = clean_captions(captions, problems, path=path, item=i)
+    caps = clean_captions(captions, problems, path=path, item=i, allow_empty=True)
     if caps is None:
         return None
     return Triplet(candidate, target, caps, cat, split)

@@ -119,6 +119,13 @@ class Product:
     subcategory: str | None = None
     # Ground truth where a dataset has it (FashionSynth): name -> value.
     attributes: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Other categories whose gallery also lists this product (Fashion-IQ's shirt and toptee
+    # splits share image ids); ``category`` is the first one read.
+    also_in: tuple[str, ...] = ()
+
+    def in_category(self, category: str) -> bool:
+        """Whether the product belongs to ``category``'s gallery."""
+        return category == self.category or category in self.also_in
 
 
 @dataclass(frozen=True)
@@ -142,8 +149,14 @@ def join_relative_captions(captions: Iterable[str]) -> str:
     """The standard Fashion-IQ evaluation query (as CLIP4Cir builds it): each
     caption stripped of surrounding spaces, dots, commas and question marks;
     the first capitalised (Python's ``str.capitalize``, which also lower-cases
-    the rest); joined with " and "."""
+    the rest); joined with " and ".
+
+    Two captions are joined exactly as that code does, an empty one included
+    (Fashion-IQ has a few: ``["", "has buttons"]`` gives " and has buttons"), so
+    the query strings are the published protocol's; other counts drop empty parts."""
     parts = [c.strip(".?, ") for c in captions]
+    if len(parts) == 2:
+        return f"{parts[0].capitalize()} and {parts[1]}"
     parts = [p for p in parts if p]
     if not parts:
         return ""
@@ -231,22 +244,30 @@ class DatasetSplit:
         return {p.id: p for p in self.products}
 
     def categories(self) -> list[str]:
-        return sorted({p.category for p in self.products} | {t.category for t in self.triplets})
+        cats = {p.category for p in self.products} | {c for p in self.products for c in p.also_in}
+        return sorted(cats | {t.category for t in self.triplets})
 
     def stats(self) -> dict[str, Any]:
+        """Counts per category; a product listed by several categories counts in each of them
+        (a category's count is its gallery), once in the totals."""
         per_cat: dict[str, Counter] = defaultdict(Counter)
+        totals: Counter = Counter()
         for p in self.products:
-            c = per_cat[p.category]
-            c["products"] += 1
-            c["images"] += len(p.images)
-            c["captions"] += len(p.captions)
+            for cat in (p.category, *p.also_in):
+                c = per_cat[cat]
+                c["products"] += 1
+                c["images"] += len(p.images)
+                c["captions"] += len(p.captions)
+            totals["products"] += 1
+            totals["images"] += len(p.images)
+            totals["captions"] += len(p.captions)
         for t in self.triplets:
             per_cat[t.category]["triplets"] += 1
+            totals["triplets"] += 1
         for s in self.tryon:
-            per_cat[s.category]["paired_pairs" if s.paired else "unpaired_pairs"] += 1
-        totals: Counter = Counter()
-        for c in per_cat.values():
-            totals.update(c)
+            key = "paired_pairs" if s.paired else "unpaired_pairs"
+            per_cat[s.category][key] += 1
+            totals[key] += 1
         keys = ("products", "images", "captions", "triplets", "paired_pairs", "unpaired_pairs")
         reasons = Counter(_reason_kind(s.reason) for s in self.skipped)
         return {
@@ -324,9 +345,12 @@ def require(obj: dict, key: str, types: type | tuple[type, ...], problems: Probl
     return value
 
 
-def clean_captions(values: list, problems: Problems, *, path, item, key: str = "captions") -> tuple[str, ...] | None:
+def clean_captions(
+    values: list, problems: Problems, *, path, item, key: str = "captions", allow_empty: bool = False
+) -> tuple[str, ...] | None:
     """Caption strings as they are (human captions keep their spaces and
-    typos); an empty or non-string caption is reported."""
+    typos); a non-string caption is reported, and so is an empty one unless
+    ``allow_empty`` (then only a list with no non-empty caption is)."""
     out = []
     for i, c in enumerate(values):
         if not isinstance(c, str):
@@ -334,8 +358,11 @@ def clean_captions(values: list, problems: Problems, *, path, item, key: str = "
                 f"wrong type for {key}[{i}]: expected a string, got {type(c).__name__}", path=path, item=item
             )
             return None
-        if not c.strip():
+        if not c.strip() and not allow_empty:
             problems.report(f"empty caption in {key}[{i}]", path=path, item=item)
             return None
         out.append(c)
+    if out and not any(c.strip() for c in out):
+        problems.report(f"every caption in {key} is empty", path=path, item=item)
+        return None
     return tuple(out)

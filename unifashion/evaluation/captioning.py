@@ -222,8 +222,11 @@ def evaluate_captioning(
     fmt: str | None = None,
     *,
     baseline_split: str | None = "train",
+    split_styles: dict[str, tuple[str, ...]] | None = None,
     **kwargs,
 ) -> dict[str, Any]:
+    """Every captioning metric of each split; ``split_styles`` names other styles for some splits
+    than ``styles`` (e.g. only descriptions on ``novel``)."""
     from unifashion.data.formats import list_splits, read_split
 
     model, captioner = load_captioning_model(model_path)
@@ -237,8 +240,10 @@ def evaluate_captioning(
             skipped = f"the data has no {baseline_split!r} split to take neighbours from"
     results = {}
     for split in splits:
+        styles = (split_styles or {}).get(split)
+        extra = {"styles": styles} if styles else {}
         results[split] = evaluate_captioning_split(
-            model, captioner, read_split(data_root, split, fmt), cache, train=train, **kwargs
+            model, captioner, read_split(data_root, split, fmt), cache, train=train, **{**kwargs, **extra}
         )
         if skipped:
             results[split]["nearest_neighbour_skipped"] = skipped

@@ -29,7 +29,7 @@ MISSING = "–"  # a cell whose value the report does not have
 # Decimals per metric; any other metric is a percentage (recalls, accuracies, caption scores x100): one decimal.
 DECIMALS = {"fid_effnet": 2, "kid_effnet": 3, "ssim": 3, "l1": 2, "outside_mask_change": 2, "seconds_per_image": 3}
 # Columns of a training log that are not losses, so not plotted.
-NOT_LOSSES = frozenset({"phase", "step", "epoch", "seconds", "lr"})
+NOT_LOSSES = frozenset({"phase", "step", "epoch", "seconds", "lr", "grad_norm"})
 THUMB_PX = 96
 
 CMR_COLUMNS = [(direction, k) for direction in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10")]
@@ -109,6 +109,7 @@ def render_html(report: Mapping[str, Any], out_dir: Path) -> str:
         header(report),
         data_section(report.get("data")),
         settings_section(report.get("settings")),
+        targets_table(report.get("targets")),
         cmr_table(report.get("cmr")),
         captioning_table(report.get("captioning")),
         generation_table(report.get("generation")),
@@ -229,6 +230,23 @@ def settings_section(settings: Any) -> str:
     return _section("Settings", _table(("setting", "value"), rows, numeric=False))
 
 
+def targets_table(targets: Any) -> str:
+    """The quality targets of the ``full`` size: figure, threshold, spread and status of each."""
+    rows = [
+        [
+            _esc(r.get("target")),
+            *(format_metric(r.get(k), k) for k in ("figure", "spread")),
+            _esc(r.get("threshold")),
+            _esc(r.get("status")),
+        ]
+        for r in _mappings(_get(targets, "rows"))
+    ]
+    body = _table(("target", "figure", "spread", "threshold", "status"), rows)
+    if _get(targets, "not_judged"):
+        body += f'\n<p class="note">Not judged: {_esc(targets["not_judged"])}.</p>'
+    return _section("Quality targets", body)
+
+
 # ---------------------------------------------------------------------------
 # Tables 1-4
 
@@ -323,7 +341,24 @@ def cir_table(cir: Any) -> str:
         if _has_any(values, CIR_KEYS):
             rows.append(_cir_row(label, values, None, categories))
     head = ["", *(f"{c} {k}" for c in categories for k in ("R@10", "R@50")), "average R@10", "average R@50", "avg"]
-    return _section(TITLES["cir"], _table(head, rows))
+    return _section(TITLES["cir"], _table(head, rows) + saturation_note(cir))
+
+
+def saturation_note(cir: Any) -> str:
+    """Which recalls read 100 whatever the model does (a category's gallery no larger than K)."""
+    saturated, gallery = _get(cir, "saturated"), _get(cir, "gallery")
+    if not isinstance(saturated, Mapping) or not saturated:
+        return ""
+    parts = [
+        f"{_esc(cat)} ({_esc(_get(gallery, cat))} images): {_esc(', '.join(map(str, names)))}"
+        for cat, names in saturated.items()
+        if isinstance(names, Sequence)
+    ]
+    return (
+        '\n<p class="note">Saturated (a gallery no larger than K: R@K is 100 whatever the model does): '
+        + "; ".join(parts)
+        + ".</p>"
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def usable_candidate_captions(
     absent = sorted(
         pid
         for pid, p in products.items()
-        if p.category in categories and not (candidate_captions.get(pid) or "").strip()
+        if any(p.in_category(c) for c in categories) and not (candidate_captions.get(pid) or "").strip()
     )
     if absent:
         return None, f"no candidate caption for {len(absent)} products (e.g. {', '.join(absent[:3])})"
@@ -198,7 +198,7 @@ class CategoryQueries:
 
 
 def category_queries(triplets: list, products: dict, images: EncodedImages, cat: str) -> CategoryQueries:
-    index_ids = [pid for pid, p in products.items() if p.category == cat]
+    index_ids = [pid for pid, p in products.items() if p.in_category(cat)]
     col = {pid: i for i, pid in enumerate(index_ids)}
     row = images.table.index
     return CategoryQueries(
@@ -273,10 +273,30 @@ def fusion_sweep(scores: dict[str, np.ndarray], target: np.ndarray) -> dict[floa
     return {w: P.fashioniq_recalls(scores["composed"] + w * scores["composed_captions"], target) for w in FUSION_SWEEP}
 
 
-def cir_summary(per: dict, sweep: dict, *, queries: int, rerank_k: int, caption_weight: float, caption_note) -> dict:
+def saturated_recalls(galleries: dict[str, int], ks: tuple[int, ...] = (10, 50)) -> dict[str, list[str]]:
+    """The recalls that read 100 whatever the model does: R@K of a category whose gallery holds
+    at most K images."""
+    out = {cat: [f"R@{k}" for k in ks if n <= k] for cat, n in sorted(galleries.items())}
+    return {cat: names for cat, names in out.items() if names}
+
+
+def cir_summary(
+    per: dict,
+    sweep: dict,
+    *,
+    queries: int,
+    rerank_k: int,
+    caption_weight: float,
+    caption_note,
+    galleries: dict[str, int] | None = None,
+) -> dict:
     """Per-category recalls and their average for each variant run, the margin over the best
-    baseline, and the caption variants (Table 4)."""
+    baseline, and the caption variants (Table 4); ``galleries`` (images per category) adds the
+    gallery sizes and the recalls they saturate."""
     result: dict[str, Any] = {"queries": queries, "rerank_k": rerank_k}
+    if galleries is not None:
+        result["gallery"] = dict(sorted(galleries.items()))
+        result["saturated"] = saturated_recalls(galleries)
     for name in CIR_VARIANTS:
         if per[name]:
             result[name] = {"per_category": per[name], "average": P.average_over_categories(per[name])}
@@ -321,8 +341,10 @@ def evaluate_cir(
     per: dict[str, dict[str, dict[str, float]]] = {v: {} for v in CIR_VARIANTS}
     sweep: dict[float, dict[str, dict[str, float]]] = {w: {} for w in FUSION_SWEEP}
     dump: dict[str, Any] = {"queries": [], "composed": [], "index": {}}
+    galleries: dict[str, int] = {}
     for cat in sorted(by_cat):
         q = category_queries(by_cat[cat], products, images, cat)
+        galleries[cat] = len(q.index_ids)
         scores, composed = cir_category_scores(
             model, images, q, rerank_k=rerank_k, captions=captions, caption_weight=caption_weight, bf16=bf16
         )
@@ -339,7 +361,13 @@ def evaluate_cir(
         dump["index"][cat] = q.index_ids
     queries = sum(len(v) for v in by_cat.values())
     summary = cir_summary(
-        per, sweep, queries=queries, rerank_k=rerank_k, caption_weight=caption_weight, caption_note=caption_note
+        per,
+        sweep,
+        queries=queries,
+        rerank_k=rerank_k,
+        caption_weight=caption_weight,
+        caption_note=caption_note,
+        galleries=galleries,
     )
     return summary, dump
 

@@ -21,6 +21,7 @@ asked to resume, and continues as if the run had never stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections.abc import Callable
@@ -243,15 +244,17 @@ class StageRunner:
             losses = wrapped(batch, generator, self.shard)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(losses["loss"])
-            if optim.clip_norm:
-                acc.clip_grad_norm_(params, optim.clip_norm)
+            # The norm of the (all-reduced) gradient before clipping; logged beside the losses,
+            # where it shows a gradient that is summed over processes instead of averaged.
+            grad_norm = acc.clip_grad_norm_(params, optim.clip_norm or math.inf)
             optimizer.step()
             schedule.step()
             stage.after_step()
             step += 1
             last = self._mean({k: v.detach().float() for k, v in losses.items()})
             if (step % log_every == 0 or step == stage.total_steps) and acc.is_main_process:
-                self.log.write(stage.name, step, step / stage.total_steps, schedule.get_last_lr()[0], **last)
+                lr = schedule.get_last_lr()[0]
+                self.log.write(stage.name, step, step / stage.total_steps, lr, **last, grad_norm=float(grad_norm))
             bar.set_postfix(loss=f"{last['loss']:.4f}")
             bar.update()
             every = self.checkpoint_every if self.folder is not None else 0

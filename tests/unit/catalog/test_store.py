@@ -101,6 +101,8 @@ def test_add_remove_and_replace_write_new_versions(tmp_path):
     assert len(v3) == 20 and v3.image("p3") == (b"new", "image/jpeg")
     top = [h.id for h in v3.search(vectors.queries[9, 0], k=2, caption_weight=0)]
     assert set(top) == {"p3", "p9"}
+    v1.close()
+    v2.close()  # no one holds v1 and v2 any more: the next write may delete them
     v4 = v3.remove(["p9", "p0"])
     assert len(v4) == 18 and "p9" not in v4 and v4.search(vectors.queries[9, 0], k=1, caption_weight=0)[0].id == "p3"
     with pytest.raises(CatalogError, match="'nope'"):
@@ -135,35 +137,60 @@ _SLOW_WRITER = textwrap.dedent(
     here = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(here)
 
-    real = store._save_vectors
-    def stalled(path, rows, vectors):
-        real(path, rows, vectors)
-        print("writing", flush=True)
-        time.sleep(60)
-    store._save_vectors = stalled
+    def stall_after(name, message):
+        real = getattr(store, name)
+        def stalled(*args, **kwargs):
+            out = real(*args, **kwargs)
+            print(message, flush=True)
+            time.sleep(60)
+            return out
+        setattr(store, name, stalled)
+
+    if {stall!r} == "vectors":  # half a version written in its .building folder
+        stall_after("_save_vectors", "writing")
+    else:  # the new version renamed into place, CURRENT not switched yet
+        real_rename = store.os.rename
+        def rename(src, dst):
+            real_rename(src, dst)
+            print("renamed", flush=True)
+            time.sleep(60)
+        store.os.rename = rename
     entries, vectors = here._products(40, seed=1, prefix="new")
     store.Catalog.open({folder!r}).add(entries, vectors)
     """
 )
 
 
-def test_a_writer_killed_half_way_leaves_the_previous_catalog_live(tmp_path):
-    entries, vectors = _products(25)
-    folder = tmp_path / "c"
-    before = Catalog.create(folder, entries, vectors, model={})
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_WRITER.format(here=__file__, folder=str(folder))],
+def _writer(folder, stall: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER.format(here=__file__, folder=str(folder), stall=stall)],
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def _kill_writer_at(folder, stall: str, marker: str, on_disk) -> None:
+    """Start a writer that stalls at ``stall``, check ``on_disk()`` there, SIGKILL it."""
+    proc = _writer(folder, stall)
     try:
-        assert proc.stdout.readline().strip() == "writing"
-        assert list(folder.glob(".building-*/vectors.safetensors"))  # half a version on disk
+        assert proc.stdout.readline().strip() == marker
+        on_disk()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_writer_killed_half_way_leaves_the_previous_catalog_live(tmp_path):
+    entries, vectors = _products(25)
+    folder = tmp_path / "c"
+    before = Catalog.create(folder, entries, vectors, model={})
+
+    def half_a_version():
+        assert list(folder.glob(".building-*/vectors.safetensors"))
+
+    _kill_writer_at(folder, "vectors", "writing", half_a_version)
     after = Catalog.open(folder)
     assert after.version == before.version and len(after) == 25 and "new0" not in after
     assert after.search(vectors.queries[5, 0], k=1, caption_weight=0)[0].id == "p5"
@@ -171,3 +198,61 @@ def test_a_writer_killed_half_way_leaves_the_previous_catalog_live(tmp_path):
     time.sleep(0.1)
     grown = after.add(*_products(2, seed=2, prefix="x"))
     assert len(grown) == 27 and not list(folder.glob(".building-*"))
+
+
+def test_a_writer_killed_between_the_new_version_and_the_switch(tmp_path):
+    entries, vectors = _products(25)
+    folder = tmp_path / "c"
+    before = Catalog.create(folder, entries, vectors, model={})
+    finished: list[str] = []
+
+    def new_version_not_live():  # the new version is complete on disk, CURRENT still names the old
+        finished.extend(sorted(p.name for p in folder.glob("v[0-9]*")))
+        assert len(finished) == 2 and Catalog.open(folder).version == before.version
+
+    _kill_writer_at(folder, "rename", "renamed", new_version_not_live)
+    after = Catalog.open(folder)
+    assert after.version == before.version and len(after) == 25 and "new0" not in after
+    # The orphaned version is never made live by accident; the next write takes a new name and is live.
+    time.sleep(0.1)
+    grown = after.add(*_products(2, seed=2, prefix="x"))
+    assert grown.version not in finished and Catalog.open(folder).version == grown.version
+    assert len(Catalog.open(folder)) == 27 and "new0" not in Catalog.open(folder)
+
+
+def test_a_second_writer_is_refused_while_one_writes(tmp_path):
+    entries, vectors = _products(25)
+    folder = tmp_path / "c"
+    live = Catalog.create(folder, entries, vectors, model={})
+    proc = _writer(folder, "vectors")
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        with pytest.raises(CatalogError, match="another process is writing"):
+            live.add(*_products(2, seed=3, prefix="y"))
+        with pytest.raises(CatalogError, match="another process is writing"):
+            live.remove(["p1"])
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert Catalog.open(folder).version == live.version and len(Catalog.open(folder)) == 25
+
+
+def test_clean_up_keeps_a_version_that_a_reader_still_has_open(tmp_path):
+    entries, vectors = _products(10)
+    folder = tmp_path / "c"
+    reader = Catalog.create(folder, entries, vectors, model={})  # held open, as a running server does
+    latest = Catalog.open(folder)
+    for i in range(3):  # three more versions: the first is now beyond the versions kept
+        newer = latest.add(*_products(1, seed=10 + i, prefix=f"n{i}_"))
+        latest.close()
+        latest = newer
+    assert (folder / reader.version).is_dir()
+    assert reader.search(vectors.queries[3, 0], k=1, caption_weight=0)[0].id == "p3"
+    assert reader.image("p3")[0] == b"img3" and len(reader) == 10
+    reader.close()
+    newest = latest.add(*_products(1, seed=20, prefix="m"))  # the reader is gone: its version goes
+    latest.close()
+    assert not (folder / reader.version).exists()
+    kept = sorted(p.name for p in folder.glob("v[0-9]*"))
+    assert len(kept) == 2 and kept[-1] == newest.version
+    newest.close()

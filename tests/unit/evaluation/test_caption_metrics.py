@@ -1,4 +1,5 @@
-"""Our caption-metric wrapper against pycocoevalcap's own numbers, and hand-computed BLEU."""
+"""Our caption-metric wrapper: pycocoevalcap's own numbers, and BLEU, ROUGE-L and CIDEr computed
+by hand on corpora small enough to follow each formula (METEOR has no hand-computed case yet)."""
 
 import contextlib
 import io
@@ -62,6 +63,63 @@ def test_perfect_captions_and_a_hand_computed_bleu():
     assert short["BLEU-1"] == pytest.approx(100 * math.exp(-2 / 3), abs=1e-3)
     # Bigram precision 2/2: BLEU-2 = BP * sqrt(1 * 1).
     assert short["BLEU-2"] == pytest.approx(100 * math.exp(-2 / 3), abs=1e-3)
+
+
+# Two items with one reference each; every n-gram of the references occurs in one item only, so
+# CIDEr's idf is log(2 items / 1) for each of them.
+TWO = ({"x": ["red dress"], "y": ["blue skirt"]}, {"x": "red dress", "y": "blue dress"})
+
+
+def _cider_by_hand() -> float:
+    # CIDEr (Vedantam et al., 2015, as pycocoevalcap computes it): per item the mean over n = 1..4
+    # of the cosine of tf-idf vectors, with the candidate's counts clipped by the reference's and a
+    # Gaussian length penalty (sigma 6; here the lengths agree), times 10.
+    # x: "red dress" vs "red dress": unigram cosine 1, bigram cosine 1, no 3- or 4-grams -> (1 + 1) / 4.
+    # y: "blue dress" vs "blue skirt": unigrams {blue, dress} . {blue, skirt} with equal weights
+    #    log 2 -> 1/2; bigrams share nothing -> (1/2 + 0) / 4.
+    x = (1 + 1 + 0 + 0) / 4 * 10
+    y = (0.5 + 0 + 0 + 0) / 4 * 10
+    return 100 * (x + y) / 2
+
+
+def _rouge_l_by_hand(lcs: int, cand: int, ref: int, beta: float = 1.2) -> float:
+    # ROUGE-L F with pycocoevalcap's beta = 1.2: (1 + b^2) P R / (R + b^2 P), P = lcs/|cand|, R = lcs/|ref|.
+    p, r = lcs / cand, lcs / ref
+    return 100 * (1 + beta**2) * p * r / (r + beta**2 * p)
+
+
+def _metric_cases(monkeypatch, java: bool):
+    if not java:
+        monkeypatch.setattr(C, "java_available", lambda: False)
+    return C.coco_caption_scores(*TWO), C.coco_caption_scores({"x": ["a red dress with sleeves"]}, {"x": "a red dress"})
+
+
+@pytest.mark.parametrize("java", [pytest.param(True, marks=needs_java), False], ids=["ptb", "python"])
+def test_cider_and_rouge_l_equal_their_hand_computed_values(monkeypatch, java):
+    two, short = _metric_cases(monkeypatch, java)
+    assert two["CIDEr"] == pytest.approx(_cider_by_hand(), abs=1e-6)  # 312.5
+    # x: identical -> 100; y: LCS 1 of 2 and 2 -> P = R = 1/2 -> 50.
+    assert two["ROUGE-L"] == pytest.approx((100 + _rouge_l_by_hand(1, 2, 2)) / 2, abs=1e-6)
+    # LCS 3, P = 3/3, R = 3/5: 100 * 2.44 * 0.6 / (0.6 + 1.44) = 71.76...
+    assert short["ROUGE-L"] == pytest.approx(_rouge_l_by_hand(3, 3, 5), abs=1e-6)
+
+
+@needs_java
+def test_the_python_tokenizer_agrees_with_ptb_on_our_captions(monkeypatch):
+    # The no-Java fallback must give the same tokens, hence the same BLEU/ROUGE-L/CIDEr, on the
+    # captions this project writes and reads (punctuation, hyphens, capitals).
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    texts = [r for refs in REFS.values() for r in refs] + list(CANDS.values()) + ["Crew-neck top, in olive! Solid."]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ptb = PTBTokenizer().tokenize({str(i): [{"caption": t}] for i, t in enumerate(texts)})
+    for i, text in enumerate(texts):
+        assert C._python_tokenize(text) == ptb[str(i)][0], text
+    with_java = C.coco_caption_scores(REFS, CANDS)
+    monkeypatch.setattr(C, "java_available", lambda: False)
+    without = C.coco_caption_scores(REFS, CANDS)
+    for name in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert without[name] == pytest.approx(with_java[name], abs=1e-9), name
 
 
 def test_without_java_a_python_tokenizer_stands_in_and_meteor_says_why(monkeypatch):

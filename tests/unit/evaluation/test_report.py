@@ -259,3 +259,25 @@ def test_written_atomically_with_no_temp_file_left(run, monkeypatch):
     assert path.read_text().startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in out_dir.iterdir()) == ["logs", "report.html", "samples"]
     assert not re.search(r"\.tmp$", " ".join(p.name for p in out_dir.rglob("*")))
+
+
+def test_saturated_recalls_are_named_in_html_and_markdown(tmp_path):
+    from unifashion.evaluation.markdown import cir_markdown
+    from unifashion.evaluation.retrieval import saturated_recalls
+
+    # A gallery of 35 saturates R@50 (not R@10); one of 8 saturates both; one of 60 neither.
+    saturated = saturated_recalls({"dress": 35, "hat": 8, "shirt": 60})
+    assert saturated == {"dress": ["R@50"], "hat": ["R@10", "R@50"]}
+    cir = {
+        "average": {"R@10": 40.0, "R@50": 100.0, "avg": 70.0},
+        "per_category": {"dress": {"R@10": 40.0, "R@50": 100.0}},
+        "gallery": {"dress": 35},
+        "saturated": {"dress": ["R@50"]},
+    }
+    text = _section(render_report({"cir": cir}, tmp_path).read_text(), TITLES["cir"])
+    assert "Saturated" in text and "dress (35 images): R@50" in text
+    assert "dress (35 images): R@50" in cir_markdown(cir)
+    # Nothing saturated: no note.
+    quiet = {**cir, "saturated": {}}
+    assert "Saturated" not in _section(render_report({"cir": quiet}, tmp_path).read_text(), TITLES["cir"])
+    assert "Saturated" not in cir_markdown(quiet)

@@ -117,24 +117,31 @@ def test_decoding_is_deterministic_for_a_seed_and_checks_its_arguments(captioner
         Decoding("nucleus")
 
 
-def test_a_tiny_captioner_overfits_a_few_captions_exactly():
+def test_a_tiny_captioner_learns_to_decode_a_few_captions_exactly():
+    """Greedy decoding reproduces four memorised captions after training, and not before.
+
+    The tiny LLM's embeddings are random, tied and frozen, which caps its logits: the loss falls
+    but stays high (about 9.5 nats over its random vocabulary), so the test checks what training
+    can change here, the argmax at every step (exact greedy decoding), not a loss threshold."""
     torch.manual_seed(4)
     config = replace(tiny().llm, lora_rank=16, lora_alpha=32, lora_dropout=0.0)
     c = Captioner.build(config, QUERY_DIM)
     c.set_trainable(adapter=True, lora=True)
     z = torch.randn(4, 8, QUERY_DIM)
     answers = ["Red striped dress", "Navy shirt", "Green floral skirt", "Black jacket"]
+    assert c.eval().generate(z, "title", Decoding("greedy", 10)) != answers
     opt = torch.optim.AdamW([p for p in c.parameters() if p.requires_grad], lr=3e-3)
     c.train()
+    losses = []
     for _ in range(300):
         loss = c.itg_loss(z, ["title"] * 4, answers)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if loss.item() < 0.01:
-            break
+        losses.append(loss.item())
     c.eval()
     assert c.generate(z, "title", Decoding("greedy", 10)) == answers
+    assert losses[-1] < losses[0]
 
 
 def test_rank_zero_means_no_lora_and_round_trips(tmp_path):

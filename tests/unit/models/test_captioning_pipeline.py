@@ -54,7 +54,7 @@ def test_the_checkpoint_keeps_the_retrieval_weights_and_adds_the_caption_head(ca
         "lora.safetensors",
     }
     rows = (model / "logs" / "losses_phase1b_caption.csv").read_text().splitlines()
-    assert rows[0] == "phase,step,epoch,seconds,lr,loss,itg" and len(rows) >= 2
+    assert rows[0] == "phase,step,epoch,seconds,lr,loss,itg,grad_norm" and len(rows) >= 2
     assert meta["training"]["pipeline"]["summary"]["phase1b_caption"]["trainable_parameters"] > 0
     assert not (model.parent / "model.logs").exists()
 

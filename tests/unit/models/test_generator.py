@@ -7,6 +7,7 @@ import torch
 from unifashion.config import get_preset
 from unifashion.evaluation.generation import (
     EncoderFeatures,
+    MemoisedFeatures,
     accuracy,
     fid_kid,
     garment_colour,
@@ -183,6 +184,67 @@ def test_fid_kid_is_zero_for_a_set_against_itself_and_grows_with_difference(tiny
     assert abs(same["fid"]) < 1e-3 and abs(same["kid_x1000"]) < 1.0
     assert far["fid"] > 10 * max(near["fid"], 1e-6)
     assert far["kid_x1000"] > near["kid_x1000"]
+
+
+class _TwoPixels(torch.nn.Module):
+    """A feature network whose features are two pixel values (red of the first two pixels), so a
+    set's feature mean and covariance are chosen by hand; it counts its calls."""
+
+    num_features = 2
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images):
+        self.calls += 1
+        return images[:, 0, 0, :2].double()
+
+
+def _two_pixel_images(points):
+    images = []
+    for a, b in points:
+        im = np.zeros((4, 4, 3), np.uint8)
+        im[0, 0, 0], im[0, 1, 0] = a, b
+        images.append(im)
+    return images
+
+
+def _kid_by_hand(x, y):
+    # The unbiased MMD^2 with the cubic polynomial kernel (x.y / d + 1)^3 of Binkowski et al. (2018).
+    d = x.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1.0) ** 3
+    m = len(x)
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    return (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+
+
+def test_fid_and_kid_equal_their_closed_forms_on_hand_made_features():
+    # Real features: (100 +- 10, 100) and (100, 100 +- 10): mean (100, 100), covariance diag(200/3)
+    # with the unbiased (n - 1) estimate. Generated: the same shape around (130, 100) with +- 20:
+    # covariance diag(800/3). For diagonal covariances FID = |mu1 - mu2|^2 + sum (sqrt s1 - sqrt s2)^2
+    # = 900 + 2 * (sqrt(800/3) - sqrt(200/3))^2 = 900 + 2 * 200/3.
+    real_points = [(110, 100), (90, 100), (100, 110), (100, 90)]
+    fake_points = [(150, 100), (110, 100), (130, 120), (130, 80)]
+    real, fake = _two_pixel_images(real_points), _two_pixel_images(fake_points)
+    net = _TwoPixels()
+    features = MemoisedFeatures(net, 2)
+    out = fid_kid(real, fake, features, kid_subset=4, kid_subsets=3)
+    assert out["fid"] == pytest.approx(900 + 400 / 3, abs=1e-3)
+    # With a subset as large as the set every KID subset is the whole set: one exact value.
+    want = _kid_by_hand(np.array(real_points, float), np.array(fake_points, float))
+    assert out["kid_x1000"] == pytest.approx(1000 * want, rel=1e-4)
+    # (the subsets differ only in order: their spread is float32 rounding of kernel values ~1e11)
+    assert out["kid_std_x1000"] <= 1e-5 * abs(out["kid_x1000"])
+    # The memo: FID and KID see each batch once through the network (one real, one generated batch) ...
+    assert net.calls == 2
+    # ... the same real set against another generated set costs one pass more, not two ...
+    mirrored = _two_pixel_images([(200 - a, b) for a, b in fake_points])
+    fid_kid(real, mirrored, features, kid_subset=4, kid_subsets=3)
+    assert net.calls == 3
+    # ... and the memo answers what the network would: the set against itself scores zero.
+    same = fid_kid(real, real, features, kid_subset=4, kid_subsets=3)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and net.calls == 3
 
 
 def test_paste_back_keeps_everything_outside_the_mask():

@@ -87,8 +87,15 @@ def test_health_categories_schema_and_page(served):
     assert page.status_code == 200 and 'id="query"' in page.text and "/api/search/composed" in page.text
 
 
-def test_an_exact_caption_finds_its_product_first(served, products):
+def test_an_exact_caption_finds_its_product_first_through_the_caption_term(served, products):
+    """The query is a product's stored caption, so the caption term (score = image_score +
+    w * caption_score) decides: the product is first with the best caption score. The image term
+    is tested on its own by the next test (caption weight 0: the model's own ranking) and by image
+    search; the fixture's tiny model ranks text against images at about chance, so no test here
+    can ask the image term alone to find a product by its caption."""
     client, _, catalog = served
+    w = float(catalog.manifest["caption_weight"])
+    assert w > 0
     for pid in catalog.ids[:12]:
         r = client.post("/api/search/text", json={"text": products[pid].captions[0], "k": 5})
         assert r.status_code == 200, r.text
@@ -96,6 +103,9 @@ def test_an_exact_caption_finds_its_product_first(served, products):
         assert results[0]["id"] == pid and len(results) == 5
         assert results[0]["image_url"] == f"/api/products/{pid}/image"
         assert [x["score"] for x in results] == sorted((x["score"] for x in results), reverse=True)
+        for x in results:
+            assert x["score"] == pytest.approx(x["image_score"] + w * x["caption_score"], abs=1e-5)
+        assert results[0]["caption_score"] == max(x["caption_score"] for x in results)
 
 
 def test_search_ranks_exactly_as_the_model(served):
@@ -365,6 +375,65 @@ def test_missing_fields_and_malformed_bodies(served):
     _error(client.post("/api/search/composed", files={"image": ("a.png", png)}), 422, "text")
 
 
+def test_every_refusal_of_the_generation_and_job_routes(served, shop, monkeypatch):
+    """501 for a missing head, a failed job with its error, 409 for the image of an unfinished job,
+    seed/steps out of range, a bad pose_format, an over-size pose file."""
+    import threading
+
+    client, model, _ = served
+    svc = client.app.state.service
+    # A job whose model call fails: the job says failed, with the error, and has no image.
+    monkeypatch.setattr(model, "generate", lambda **kw: (_ for _ in ()).throw(RuntimeError("out of paint")))
+    state = _wait(client, client.post("/api/generate", data={"text": "a red dress"}).json())
+    assert state["status"] == "failed" and "out of paint" in state["error"], state
+    assert "is failed, not done" in _error(client.get(f"/api/jobs/{state['id']}/image"), 409, "job_id")
+    # An unfinished job: its image is 409 until it is done, then 200.
+    release = threading.Event()
+    job = svc.jobs.submit("hold", lambda on_step: (release.wait(30), Image.new("RGB", (4, 4)))[1])
+    try:
+        assert "not done" in _error(client.get(f"/api/jobs/{job.id}/image"), 409, "job_id")
+    finally:
+        release.set()
+    assert _wait(client, job.public())["status"] == "done"
+    assert client.get(f"/api/jobs/{job.id}/image").status_code == 200
+    _error(client.get("/api/jobs/no-such-job"), 404, "job_id")
+    _error(client.get("/api/jobs/no-such-job/image"), 404, "job_id")
+    # Seeds and steps out of range.
+    for seed in ("-1", str(2**31)):
+        _error(client.post("/api/generate", data={"text": "a red dress", "seed": seed}), 422, "seed")
+    for steps in ("0", "101"):
+        _error(client.post("/api/generate", data={"text": "a red dress", "steps": steps}), 422, "steps")
+    # Try-on: a bad pose_format, and a pose file over the limit.
+    sample = json.loads((shop.data / "tryon.jsonl").read_text().splitlines()[0])
+    files = {
+        name: (name, (shop.data / sample[key]).read_bytes())
+        for name, key in (("person", "person"), ("cloth", "cloth"), ("mask", "agnostic_mask"), ("pose", "pose"))
+    }
+    _error(client.post("/api/tryon", files=files, data={"pose_format": "coco"}), 422, "pose_format")
+    huge_pose = dict(files, pose=("pose.json", b" " * (svc.limits.max_pose_bytes + 1)))
+    assert "bytes" in _error(client.post("/api/tryon", files=huge_pose), 413, "pose")
+    # A model without the head: 501, naming the head.
+    monkeypatch.setattr(type(model), "heads", property(lambda self: ("retrieval",)))
+    assert "text2image" in _error(client.post("/api/generate", data={"text": "a red dress"}), 501, "text")
+    _ok_after(client)
+
+
+@pytest.mark.parametrize("weight", [-0.5, "NaN", "Infinity"])
+def test_a_negative_or_non_finite_caption_weight_is_refused(served, weight):
+    client, _, _ = served
+    body = f'{{"text": "a red dress", "caption_weight": {weight}}}'
+    r = client.post("/api/search/text", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "caption_weight" in r.json()["error"]["message"]
+
+
+def test_unknown_routes_and_methods_answer_json(served):
+    client, _, _ = served
+    assert _error(client.get("/api/nothing-here"), 404, None)
+    r = client.get("/api/search/text")
+    assert r.status_code == 405 and r.json()["error"]["status"] == 405
+
+
 def test_upload_size_limit(shop):
     model, catalog = load_service(shop.model, shop.catalog)
     with TestClient(create_app(model, catalog, Limits(max_upload_bytes=1000))) as client:
@@ -374,6 +443,11 @@ def test_upload_size_limit(shop):
         huge = b"x" * 5000
         r = client.post("/api/search/image", files={"image": ("h.bin", huge)})
         assert r.status_code == 413
+        # Past 4 uploads + 64 KB the middleware refuses the body from its Content-Length alone,
+        # before any handler reads it.
+        over = b"x" * (4 * 1000 + 65536 + 1)
+        r = client.post("/api/search/image", files={"image": ("o.bin", over)})
+        assert "request body of" in _error(r, 413, None)
         _ok_after(client)
 
 

@@ -4,11 +4,13 @@
 fails this test instead of skipping it; on a developer machine without them it is skipped
 with the reason."""
 
+import json
 import os
 import shutil
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -84,13 +86,21 @@ def test_search_upload_and_generate_in_the_page(browser, server, shop):
     options = browser.find_elements(By.CSS_SELECTOR, "#category option")
     assert options[0].text == "all" and len(options) > 1
 
-    # Type a query, see results: the product with that exact description comes first.
+    # Type a query, see results: the page shows the API's ranking for that text, card for card
+    # (the ranking itself is tested in test_app.py).
     box = browser.find_element(By.ID, "query")
     box.send_keys(target.captions[0])
     browser.find_element(By.ID, "search-button").click()
     _wait(browser, lambda d: "text search" in d.find_element(By.ID, "summary").text)
     cards = browser.find_elements(By.CSS_SELECTOR, ".result")
-    assert len(cards) == 12 and cards[0].get_attribute("data-id") == target.id
+    request = urllib.request.Request(
+        server + "/api/search/text",
+        data=json.dumps({"text": target.captions[0], "k": 12}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        want = [x["id"] for x in json.loads(r.read())["results"]]
+    assert [c.get_attribute("data-id") for c in cards] == want and len(want) == 12
     assert browser.execute_script("return document.querySelector('.result img').naturalWidth") > 0
 
     # Upload a reference image and a modification text, see results.

@@ -1,0 +1,125 @@
+"""The quality targets read off a report: each figure, its spread against a second run, its status."""
+
+import copy
+import json
+
+import pytest
+
+from unifashion import cli
+from unifashion.evaluation.markdown import report_markdown
+from unifashion.evaluation.targets import TARGETS, evaluate_targets, format_targets
+
+
+def _report(**changes) -> dict:
+    report = {
+        "title": "UniFashion quickstart (full)",
+        "settings": {"products": 8000, "generation_limit": 150, "caption_items": "all", "retrieval_queries": 1000},
+        "timing": {"total_seconds": 80 * 60.0, "stages": {"data": 150.0}, "training_stages": {"phase1a": 900.0}},
+        "cmr": {"random100": {"i2t": {"R@1": 88.0}, "t2i": {"R@1": 86.0}}},
+        "cir": {
+            "average": {"R@10": 95.0, "R@50": 99.0, "avg": 97.0},
+            "baselines": {"image_only": {"avg": 50.0}, "text_only": {"avg": 70.0}, "late_fusion": {"avg": 85.0}},
+        },
+        "captioning": {
+            "CIDEr": 350.0,
+            "baseline_nn": {"CIDEr": 330.0},
+            "attributes": {"val": {"model": {"correct": 73.0}, "nearest_neighbour": {"correct": 71.5}}},
+            "novel": {"CIDEr": 280.0, "baseline_nn": {"CIDEr": 245.0}},
+        },
+        "generation": {
+            "colour_accuracy": 81.0,
+            "n": 150,
+            "samplers": {
+                "plms-50": {"seconds_per_image": 0.75, "fid_effnet": 168.0},
+                "dpm++-20": {"seconds_per_image": 0.30, "fid_effnet": 176.4},
+            },
+            "tryon": {"paired": {"colour_accuracy": 15.0}, "unpaired": {"colour_accuracy": 52.0}},
+            "design": {"paired": {"colour_accuracy": 61.0}},
+        },
+    }
+    for dotted, value in changes.items():
+        d = report
+        *path, last = dotted.split("__")
+        for k in path:
+            d = d[k]
+        d[last] = value
+    return report
+
+
+def _rows(targets: dict) -> dict:
+    return {r["target"]: r for r in targets["rows"]}
+
+
+def test_every_figure_is_read_from_its_place_in_the_report():
+    rows = _rows(evaluate_targets(_report()))
+    assert len(rows) == len(TARGETS)
+    figures = {name: r["figure"] for name, r in rows.items()}
+    assert figures["wall time: data, every phase, every evaluation, report"] == 80.0
+    assert figures["cross-modal random-100 R@1, image -> text"] == 88.0
+    # Composed retrieval against the best of the three baselines (late fusion here): 97 - 85.
+    assert figures["composed retrieval average recall minus the best baseline"] == 12.0
+    assert figures["description captions: CIDEr minus nearest neighbour's"] == 20.0
+    assert figures["description captions: attributes correct minus nearest neighbour's"] == 1.5
+    assert figures["DPM-Solver++ 20 over PLMS 50: speed-up per image"] == 2.5
+    assert figures["DPM-Solver++ 20 vs PLMS 50: fid_effnet change"] == pytest.approx(5.0)
+
+
+def test_status_without_a_second_run_says_the_spread_is_unknown():
+    targets = evaluate_targets(_report())
+    rows = _rows(targets)
+    assert rows["cross-modal random-100 R@1, text -> image"]["status"] == "met (spread unknown)"
+    assert rows["description captions: attributes correct minus nearest neighbour's"]["status"] == "not met"
+    assert rows["try-on garment colour, paired"]["status"] == "not met"
+    # A figure that must stay below its threshold: 80 minutes of 90 is met, 95 is not.
+    assert rows["wall time: data, every phase, every evaluation, report"]["status"] == "met (spread unknown)"
+    slow = _rows(evaluate_targets(_report(timing__total_seconds=95 * 60.0)))
+    assert slow["wall time: data, every phase, every evaluation, report"]["status"] == "not met"
+    assert targets["met"] == 0  # nothing counts as met beyond an unknown spread
+    assert targets["novel_captions_reported"] is True and "not_judged" not in targets
+
+
+def test_a_target_is_met_only_beyond_the_spread_of_a_second_run():
+    first = _report()
+    second = copy.deepcopy(first)
+    second["cmr"]["random100"]["t2i"]["R@1"] = 83.0  # 3 points lower: the spread of that figure
+    second["cmr"]["random100"]["i2t"]["R@1"] = 87.0  # 1 point lower
+    second["generation"]["tryon"]["unpaired"]["colour_accuracy"] = 49.0
+    rows = _rows(evaluate_targets(first, second))
+    t2i = rows["cross-modal random-100 R@1, text -> image"]
+    assert (t2i["second_run"], t2i["spread"], t2i["status"]) == (83.0, 3.0, "within the spread")  # 86 clears 85 by 1
+    i2t = rows["cross-modal random-100 R@1, image -> text"]
+    assert (i2t["spread"], i2t["status"]) == (1.0, "met")  # 88 clears 85 by 3 > 1
+    assert rows["try-on garment colour, unpaired"]["status"] == "within the spread"  # 52 vs 50, spread 3
+    assert rows["composed retrieval average recall minus the best baseline"]["status"] == "met"  # spread 0
+
+
+def test_missing_figures_and_smaller_runs_are_not_judged():
+    report = _report(settings={"products": 1000, "generation_limit": 32, "caption_items": 50})
+    del report["generation"]["design"]
+    targets = evaluate_targets(report)
+    assert _rows(targets)["design garment colour, paired"]["status"] == "not measured"
+    assert "products 1000 < 8000" in targets["not_judged"] and "caption_items 50" in targets["not_judged"]
+    assert "Not judged" in format_targets(targets)
+
+
+def test_markdown_tables_carry_the_figures_and_the_command():
+    text = report_markdown(_report(), evaluate_targets(_report()), "unifashion report runs/full --markdown")
+    assert "`unifashion report runs/full --markdown`" in text
+    assert "| random-100 | 88.0 | - | - | 86.0 | - | - |" in text
+    assert "| novel | description | model | - | - | - | 280.0 | - |" in text
+    assert "| baseline: late fusion | - | - | 85.0 |" in text
+    assert "| **total** | 80.0 |" in text
+
+
+def test_the_report_command_reads_a_run_and_names_a_bad_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(_report()))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_report(cmr={"random100": {"i2t": {"R@1": 80.0}, "t2i": {"R@1": 86.0}}})))
+    assert cli.main(["report", str(run), "--spread-from", str(other), "--json"]) == 0
+    rows = _rows(json.loads(capsys.readouterr().out))
+    assert rows["cross-modal random-100 R@1, image -> text"]["spread"] == 8.0
+    (tmp_path / "bad.json").write_text("{not json")
+    assert cli.main(["report", str(tmp_path / "bad.json")]) == 1
+    assert "bad.json" in capsys.readouterr().err

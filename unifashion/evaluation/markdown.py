@@ -1,0 +1,137 @@
+"""A quickstart ``report.json`` as the README's Markdown tables (``unifashion report RUN --markdown``).
+
+The README's quality tables are printed by this module from one run's report, never copied by
+hand: targets, the paper's Tables 1-4 and the time of every stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from unifashion.evaluation.targets import _get, format_targets
+
+CAPTION_KEYS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def _cell(x: Any, decimals: int = 1) -> str:
+    if isinstance(x, bool) or x is None:
+        return "-"
+    if isinstance(x, int | float):
+        return f"{x:.{decimals}f}"
+    return str(x)
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[Any]], decimals: Sequence[int] = ()) -> str:
+    """A Markdown table; the first cell of a row is its label, numbers get ``decimals[column - 1]``
+    decimals (one where it does not say)."""
+    places = lambda i: decimals[i - 1] if i - 1 < len(decimals) else 1
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cell(c, places(i)) if i else str(c) for i, c in enumerate(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cmr_markdown(cmr: Any) -> str:
+    rows = []
+    for label, path in (
+        ("random-100", ("random100",)),
+        ("random-100, ITM re-ranking", ("random100_itm_rerank",)),
+        ("full split", ("full",)),
+        ("after phase 1a only, random-100", ("baseline", "random100")),
+    ):
+        p = _get(cmr, *path)
+        if isinstance(p, Mapping):
+            rows.append([label, *(_get(p, d, k) for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10"))])
+    head = ["", *(f"{d} {k}" for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10"))]
+    return table(head, rows)
+
+
+def captioning_markdown(cap: Any) -> str:
+    shares = _get(cap, "attributes") or {}
+    rows = []
+    for split, style, values, baseline in (
+        ("val", "description", cap, _get(cap, "baseline_nn")),
+        ("val", "title", _get(cap, "title"), None),
+        ("novel", "description", _get(cap, "novel"), _get(cap, "novel", "baseline_nn")),
+    ):
+        if not isinstance(values, Mapping):
+            continue
+        attr = shares.get(split, {}) if style == "description" else {}
+        rows.append([split, style, "model", *(values.get(k) for k in CAPTION_KEYS), _get(attr, "model", "correct")])
+        if isinstance(baseline, Mapping):
+            rows.append(
+                [
+                    split,
+                    style,
+                    "nearest neighbour",
+                    *(baseline.get(k) for k in CAPTION_KEYS),
+                    _get(attr, "nearest_neighbour", "correct"),
+                ]
+            )
+    return table(["split", "style", "captions", *CAPTION_KEYS, "attributes correct %"], rows, (0, 0))
+
+
+def generation_markdown(gen: Any) -> str:
+    if not isinstance(gen, Mapping):
+        return "not run"
+    keys = ("colour_accuracy", "category_accuracy", "itc_score", "fid_effnet", "seconds_per_image")
+    rows = [
+        [label, *(_get(v, k) for k in keys)]
+        for label, v in (
+            (f"text -> image ({gen.get('sampler')}, {gen.get('n')} prompts)", gen),
+            ("composed (reference + text)", gen.get("composed")),
+            ("real images (the ceiling)", gen.get("real")),
+        )
+        if isinstance(v, Mapping)
+    ]
+    rows += [[f"text -> image, {name}", *(_get(v, k) for k in keys)] for name, v in (gen.get("samplers") or {}).items()]
+    parts = [table(["", "colour %", "category %", "itc_score", "fid_effnet", "s / image"], rows, (1, 1, 1, 2, 3))]
+    person = [
+        [f"{task}, {setting}", *(_get(gen, task, setting, k) for k in ("colour_accuracy", "ssim", "fid_effnet"))]
+        for task in ("tryon", "design")
+        for setting in ("paired", "unpaired")
+        if isinstance(_get(gen, task, setting), Mapping)
+    ]
+    if person:
+        parts.append(table(["", "garment colour %", "SSIM", "fid_effnet"], person, (1, 3, 2)))
+    return "\n\n".join(parts)
+
+
+def cir_markdown(cir: Any) -> str:
+    if not isinstance(cir, Mapping):
+        return "not run"
+    rows = [["composed query (Eq. 9)", *(_get(cir, "average", k) for k in ("R@10", "R@50", "avg"))]]
+    for name, v in (cir.get("variants") or {}).items():
+        if isinstance(v, Mapping) and "avg" in v:
+            rows.append([f"caption library: {name}", v.get("R@10"), v.get("R@50"), v.get("avg")])
+    for name, v in (cir.get("baselines") or {}).items():
+        rows.append([f"baseline: {name.replace('_', ' ')}", _get(v, "R@10"), _get(v, "R@50"), _get(v, "avg")])
+    out = table(["", "R@10", "R@50", "average"], rows)
+    saturated, gallery = cir.get("saturated"), cir.get("gallery") or {}
+    if isinstance(saturated, Mapping) and saturated:
+        parts = [f"{cat} ({gallery.get(cat, '?')} images): {', '.join(names)}" for cat, names in saturated.items()]
+        out += "\n\nSaturated (gallery no larger than K, so R@K is 100 whatever the model does): " + "; ".join(parts)
+    return out
+
+
+def timing_markdown(timing: Any) -> str:
+    rows = [[name, seconds / 60] for name, seconds in (_get(timing, "stages") or {}).items()]
+    rows += [[f"training: {name}", seconds / 60] for name, seconds in (_get(timing, "training_stages") or {}).items()]
+    total = _get(timing, "total_seconds")
+    if isinstance(total, int | float):
+        rows.append(["**total**", total / 60])
+    return table(["stage", "minutes"], rows)
+
+
+def report_markdown(report: Mapping[str, Any], targets: Mapping[str, Any], command: str) -> str:
+    """Every README table of one run, each under the command that made it."""
+    sections = [
+        ("Targets", format_targets(targets)),
+        ("Table 1: cross-modal retrieval (val)", cmr_markdown(report.get("cmr"))),
+        ("Table 2: captioning", captioning_markdown(report.get("captioning"))),
+        ("Table 3: generation, try-on and design (val)", generation_markdown(report.get("generation"))),
+        ("Table 4: composed retrieval (val, average over categories)", cir_markdown(report.get("cir"))),
+        ("Time of every stage", timing_markdown(report.get("timing"))),
+    ]
+    head = f"Printed by `{command}` from `{report.get('title', 'a quickstart run')}`."
+    return head + "\n\n" + "\n\n".join(f"#### {title}\n\n{body}" for title, body in sections) + "\n"
