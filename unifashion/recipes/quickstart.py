@@ -53,8 +53,8 @@ SIZES = {
         caption_items=50,
         generation_limit=32,
     ),
-    # The size at which the quality targets are judged, fitted to 90 minutes on 2 CPU cores: each
-    # stage's steps are set from its measured cost per step (README, "The main job").
+    # The size at which the quality targets are judged. Its step counts were set from per-step costs
+    # to fit 90 minutes on 2 CPU cores; run end to end it took ~111 minutes (README, "The main job").
     "full": QuickstartSize(
         products=8000,
         image_size=128,
