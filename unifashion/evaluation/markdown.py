@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from unifashion.evaluation.targets import _get, format_targets
+from unifashion.evaluation.report import _get
+from unifashion.evaluation.targets import format_targets
 
 CAPTION_KEYS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 

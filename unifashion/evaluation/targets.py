@@ -16,18 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unifashion.evaluation.report import _get
+
 Report = Mapping[str, Any]
 
 # The work the targets are judged on (the ``full`` size): a report that measured less is not judged.
 FULL_WORK = {"products": 8000, "generation_limit": 150}
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def _number(x: Any) -> float | None:
