@@ -70,8 +70,12 @@ def _python_tokenize(text: str) -> str:
     return " ".join(t for t in tokens if t not in _PUNCTUATION)
 
 
-def coco_caption_scores(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, Any]:
-    """Corpus-level caption metrics (x100) of ``candidates`` against ``references``, keyed alike."""
+def coco_caption_scores(
+    references: dict[str, list[str]], candidates: dict[str, str], *, per_item: bool = False
+) -> dict[str, Any]:
+    """Corpus-level caption metrics (x100) of ``candidates`` against ``references``, keyed alike.
+    With ``per_item``, also ``per_item[id]``: each item's own BLEU-4, METEOR, ROUGE-L and CIDEr
+    as pycocoevalcap scores it (CIDEr's idf still comes from the whole corpus)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -99,9 +103,10 @@ def coco_caption_scores(references: dict[str, list[str]], candidates: dict[str, 
     res = {k: [v[0] if v[0].strip() else "<empty>"] for k, v in res.items()}
     out: dict[str, Any] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its n-gram counts
-        bleu, _ = Bleu(4).compute_score(gts, res)
-        rouge, _ = Rouge().compute_score(gts, res)
-        cider, _ = Cider().compute_score(gts, res)
+        bleu, bleu_items = Bleu(4).compute_score(gts, res)
+        rouge, rouge_items = Rouge().compute_score(gts, res)
+        cider, cider_items = Cider().compute_score(gts, res)
+    items = {"BLEU-4": bleu_items[3], "ROUGE-L": rouge_items, "CIDEr": cider_items}
     for n, value in enumerate(bleu, start=1):
         out[f"BLEU-{n}"] = 100.0 * float(value)
     if java:
@@ -109,7 +114,7 @@ def coco_caption_scores(references: dict[str, list[str]], candidates: dict[str, 
 
         meteor = Meteor()
         try:
-            value, _ = meteor.compute_score(gts, res)
+            value, items["METEOR"] = meteor.compute_score(gts, res)
         finally:
             with contextlib.suppress(Exception):
                 meteor.close()
@@ -123,6 +128,10 @@ def coco_caption_scores(references: dict[str, list[str]], candidates: dict[str, 
     out["SPICE_skipped"] = SPICE_SKIPPED
     out["tokenizer"] = "PTBTokenizer (Java)" if java else "python (Java missing)"
     out["items"] = len(references)
+    if per_item:  # every scorer lists its items in the order of gts's keys
+        out["per_item"] = {
+            key: {name: 100.0 * float(values[i]) for name, values in items.items()} for i, key in enumerate(gts)
+        }
     return out
 
 

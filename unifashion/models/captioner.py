@@ -172,8 +172,17 @@ class Captioner(nn.Module):
     # -- ITG (Eq. 6) ---------------------------------------------------------------
 
     def itg_loss(self, query_outputs: torch.Tensor, styles: list[str], answers: list[str]) -> torch.Tensor:
-        """Cross-entropy of the answer tokens given soft prompt + instruction.
-        ``query_outputs`` (B, Q, d); one style and one answer per row."""
+        """Cross-entropy of the answer tokens given soft prompt + instruction, averaged over
+        the answer tokens. ``query_outputs`` (B, Q, d); one style and one answer per row."""
+        total, tokens = self.itg_token_loss(query_outputs, styles, answers)
+        return total / tokens
+
+    def itg_token_loss(
+        self, query_outputs: torch.Tensor, styles: list[str], answers: list[str]
+    ) -> tuple[torch.Tensor, int]:
+        """The summed cross-entropy of every answer token, and how many there are: what a
+        caller averaging over a batch split between processes needs (each shard holds
+        another number of tokens, so the mean of shard means is not the batch's mean)."""
         if not (len(styles) == len(answers) == query_outputs.shape[0]):
             raise ValueError("itg_loss: one style and one answer per row of query_outputs")
         soft = self.text_adapter(query_outputs)  # (B, Q, h)
@@ -202,9 +211,13 @@ class Captioner(nn.Module):
         keep = width - first + 1
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask.to(device), logits_to_keep=keep).logits
         targets = lab[:, width - keep + 1 :].to(device)  # the token each kept position predicts
-        return F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        total = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
+        return total, int((targets != -100).sum())
 
     # -- generation -------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from unifashion.training.runner import (
     device_of,
     run_stage,
 )
-from unifashion.utils.distributed import Shard, gather_rows
+from unifashion.utils.distributed import Shard, gather_rows, shard_token_mean
 from unifashion.utils.errors import ConfigError
 from unifashion.utils.hardware import autocast
 
@@ -150,7 +150,8 @@ class CaptionStage(EpochStage, nn.Module):
         queries = self.table.batch([pick(items.views[i], generator) for i in rows]).to(device_of(self.captioner))
         lo, hi = shard.bounds(len(rows))
         with autocast(self.cfg.bf16):
-            loss = self.captioner.itg_loss(queries[lo:hi], styles[lo:hi], answers[lo:hi])
+            total, tokens = self.captioner.itg_token_loss(queries[lo:hi], styles[lo:hi], answers[lo:hi])
+        loss = shard_token_mean(total, tokens, shard)
         return {"loss": loss, "itg": loss.detach()}
 
 

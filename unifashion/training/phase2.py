@@ -19,7 +19,7 @@ from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.data import TripletItems, pick, training_query_text
 from unifashion.training.loop import LossLog, epoch_batches, steps_for
 from unifashion.training.runner import EpochStage, EpochStream, OptimConfig, StageRunner, device_of, run_stage
-from unifashion.utils.distributed import Shard
+from unifashion.utils.distributed import Shard, shard_token_mean
 from unifashion.utils.hardware import autocast
 
 
@@ -114,7 +114,8 @@ class Phase2Stage(EpochStage, nn.Module):
             sub = slice(*k)
             with autocast(self.cfg.bf16):
                 z_r, _ = qf.joint(ref[sub], text[sub], BIDIRECTIONAL)
-                itg = self.captioner.itg_loss(z_r, ["description"] * z_r.shape[0], captions[sub])
+                total_itg, tokens = self.captioner.itg_token_loss(z_r, ["description"] * z_r.shape[0], captions[sub])
+            itg = shard_token_mean(total_itg, tokens, shard)
             total = total + self.itg_weight * itg
             out["itg"] = itg.detach()
         if self.image_head is not None and self.latents is not None:

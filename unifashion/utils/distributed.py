@@ -56,3 +56,17 @@ def gather_rows(x: torch.Tensor, shard: Shard) -> torch.Tensor:
     if shard.world == 1:
         return x
     return _GatherRows.apply(x)
+
+
+def shard_token_mean(total: torch.Tensor, tokens: int, shard: Shard) -> torch.Tensor:
+    """This process's share of a mean over every process's tokens: ``total`` (a sum over this
+    shard's ``tokens``) divided by the whole batch's token count, times ``world`` because the
+    gradient all-reduce averages over processes. The mean over processes of the returned
+    losses, and of their gradients, is the one-process token mean of the whole batch."""
+    if shard.world == 1:
+        return total / tokens
+    import torch.distributed as dist
+
+    count = torch.tensor([float(tokens)], device=total.device)
+    dist.all_reduce(count)
+    return total * shard.world / count[0]

@@ -1,5 +1,5 @@
-"""Our caption-metric wrapper: pycocoevalcap's own numbers, and BLEU, ROUGE-L and CIDEr computed
-by hand on corpora small enough to follow each formula (METEOR has no hand-computed case yet)."""
+"""Our caption-metric wrapper: pycocoevalcap's own numbers, and BLEU, METEOR, ROUGE-L and CIDEr
+computed by hand on corpora small enough to follow each formula."""
 
 import contextlib
 import io
@@ -102,6 +102,51 @@ def test_cider_and_rouge_l_equal_their_hand_computed_values(monkeypatch, java):
     assert two["ROUGE-L"] == pytest.approx((100 + _rouge_l_by_hand(1, 2, 2)) / 2, abs=1e-6)
     # LCS 3, P = 3/3, R = 3/5: 100 * 2.44 * 0.6 / (0.6 + 1.44) = 71.76...
     assert short["ROUGE-L"] == pytest.approx(_rouge_l_by_hand(3, 3, 5), abs=1e-6)
+
+
+def _meteor_by_hand(p: float, r: float, chunks: int, matches: int, everything_in_one_chunk: bool) -> float:
+    # METEOR 1.5 (Denkowski & Lavie, 2014) with the English parameters of `-l en`: alpha 0.85,
+    # beta 0.2, gamma 0.6 (delta 0.75 and the module weights enter P and R, computed by the caller).
+    # Fmean = P R / (alpha P + (1 - alpha) R); penalty gamma (chunks / matches)^beta, none when
+    # every word of both sides is matched in one chunk.
+    alpha, beta, gamma = 0.85, 0.2, 0.6
+    fmean = p * r / (alpha * p + (1 - alpha) * r)
+    penalty = 0.0 if everything_in_one_chunk else gamma * (chunks / matches) ** beta
+    return 100 * fmean * (1 - penalty)
+
+
+# P and R weigh a content word delta = 0.75 and a function word ("a", "the", "with") 0.25; an exact
+# match counts 1, a stem match ("shirt" / "shirts") 0.6.
+METEOR_CASES = [
+    # identical: P = R = 1, one chunk -> 100
+    ("red dress", "red dress", _meteor_by_hand(1, 1, 1, 2, True)),
+    # nothing in common -> 0
+    ("red dress", "blue skirt", 0.0),
+    # swapped: P = R = 1, 2 chunks of 2 matches -> 1 - 0.6 = 40
+    ("dress red", "red dress", _meteor_by_hand(1, 1, 2, 2, False)),
+    # a stem match: P = R = 0.75 (1 + 0.6) / (0.75 * 2) = 0.8, every word matched in one chunk -> 80
+    ("navy shirts", "navy shirt", _meteor_by_hand(0.8, 0.8, 1, 2, True)),
+    # red, dress, with matched, pockets/buttons not: P = R = (0.75 * 2 + 0.25) / (0.75 * 3 + 0.25) = 0.7;
+    # one chunk of 3 -> 0.7 (1 - 0.6 (1/3)^0.2) = 36.28...
+    ("red dress with pockets", "red dress with buttons", _meteor_by_hand(0.7, 0.7, 1, 3, False)),
+    # the reference is longer: P = 1, R = 0.75 * 2 / (0.75 * 3 + 0.25) = 0.6 -> 30.49...
+    ("red dress", "red dress with pockets", _meteor_by_hand(1, 0.6, 1, 2, False)),
+    # an unmatched function word in the candidate: P = 1.5 / 1.75, R = 1 -> 46.60...
+    ("the red dress", "red dress", _meteor_by_hand(1.5 / 1.75, 1, 1, 2, False)),
+]
+
+
+@needs_java
+def test_meteor_equals_its_hand_computed_value_item_by_item():
+    refs = {str(i): [r] for i, (_, r, _) in enumerate(METEOR_CASES)}
+    cands = {str(i): c for i, (c, _, _) in enumerate(METEOR_CASES)}
+    out = C.coco_caption_scores(refs, cands, per_item=True)
+    for i, (candidate, _, expected) in enumerate(METEOR_CASES):
+        assert out["per_item"][str(i)]["METEOR"] == pytest.approx(expected, abs=1e-4), candidate
+    # Each item's other scores are the ones it gets scored alone (CIDEr aside: its idf is the corpus's).
+    alone = C.coco_caption_scores({"x": refs["4"]}, {"x": cands["4"]})
+    for name in ("BLEU-4", "ROUGE-L", "METEOR"):
+        assert out["per_item"]["4"][name] == pytest.approx(alone[name], abs=1e-6), name
 
 
 @needs_java

@@ -59,6 +59,29 @@ def test_the_checkpoint_keeps_the_retrieval_weights_and_adds_the_caption_head(ca
     assert not (model.parent / "model.logs").exists()
 
 
+def test_the_saved_caption_head_beats_an_untrained_one(captioned):
+    """A floor an untrained head cannot reach: the saved head's teacher-forced ITG loss on the
+    training images' attribute captions is at least 0.15 nats below a freshly built head's
+    (measured 10.48 vs 10.82; fresh heads of seeds 0-3 differ by 0.01). The tiny language model's
+    frozen tied embeddings keep every loss near log(vocabulary), so this is the measurable
+    signal on the tiny preset; its greedy captions are not yet words."""
+    from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+
+    data, _, model = captioned
+    retrieval, captioner = load_captioning_model(model)
+    products = [p for p in read_split(data, "train").products if style_texts(p, "attributes")][:64]
+    refs = [p.images[0] for p in products]
+    table = FeatureTable.build(refs, FeatureCache(retrieval.vision), progress=False)
+    answers = [style_texts(p, "attributes")[0] for p in products]
+    with torch.no_grad():
+        queries = retrieval.qformer.image_queries(table.batch(table.rows(tuple(refs))))
+        trained = float(captioner.eval().itg_loss(queries, ["attributes"] * len(products), answers))
+        torch.manual_seed(0)
+        fresh = Captioner.build(captioner.config, captioner.query_dim).eval()
+        untrained = float(fresh.itg_loss(queries, ["attributes"] * len(products), answers))
+    assert len(products) == 64 and trained <= untrained - 0.15, (trained, untrained)
+
+
 def test_a_reloaded_caption_head_writes_the_same_captions(captioned):
     data, _, model = captioned
     retrieval, captioner = load_captioning_model(model)
@@ -175,13 +198,52 @@ def test_caption_assisted_cir_reports_the_table_4_variants(captioned, tmp_path):
     assert v["fusion_sweep"][str(v["caption_weight"])] == v["full"] and v["caption_weight"] == 0.25
 
 
-def test_ground_truth_captions_as_the_candidate_library(captioned, tmp_path):
-    """With each product's own caption as its candidate caption, the captions-only
-    ranking is real text retrieval; a library that misses products is refused with the reason."""
+def _captions_only_target_ranks(model_path, data, captions: dict[str, str]) -> np.ndarray:
+    """Where each val triplet's target ranks (0 = first, 1 = last of its category's gallery) when
+    its composed query ranks the gallery by the candidate captions alone (Table 4's captions-only
+    score), computed by the evaluation's own per-category code."""
+    from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+    from unifashion.evaluation.retrieval import category_queries, cir_category_scores, cir_triplets_by_category
+    from unifashion.models.retrieval import RetrievalModel
+    from unifashion.pipelines.retrieval import encode_images
+
+    model = RetrievalModel.from_pretrained(model_path)
+    val = read_split(data, "val")
+    products = val.product_map()
+    table = FeatureTable.build([r for p in val.products for r in p.images], FeatureCache(model.vision), progress=False)
+    images = encode_images(model, table, bf16=False, progress=False)
+    ranks = []
+    for cat, triplets in sorted(cir_triplets_by_category(val, products).items()):
+        q = category_queries(triplets, products, images, cat)
+        scores, _ = cir_category_scores(
+            model, images, q, rerank_k=0, captions=captions, caption_weight=0.25, bf16=False
+        )
+        s = scores["composed_captions"]  # (T, N)
+        above = (s > s[np.arange(len(q.target)), q.target][:, None]).sum(axis=1)
+        ranks += list(above / (s.shape[1] - 1))
+    return np.array(ranks)
+
+
+def test_a_caption_library_that_names_each_target_finds_it(captioned, tmp_path):
+    """A candidate library in which each target's caption is the text of a query that wants it
+    (the other products keep their own caption): the captions-only ranking must put targets near
+    the top, and the same captions dealt to other products must not (a caption scored against
+    the wrong gallery column, or a query embedding that ignores the text, fails). The CLI reads
+    such a library and refuses one that misses products, with the reason."""
     data, _, model = captioned
     val = read_split(data, "val")
+    own = {p.id: p.captions[0] for p in val.products}
+    for t in val.triplets:
+        own[t.target] = t.query_text()
+    ids = sorted(own)
+    dealt = dict(zip(ids, [own[i] for i in ids[7:] + ids[:7]], strict=True))  # every caption on another product
+    right = _captions_only_target_ranks(model, data, own)
+    wrong = _captions_only_target_ranks(model, data, dealt)
+    print(f"captions-only mean relative target rank: own {right.mean():.3f}, dealt {wrong.mean():.3f}")
+    assert len(right) >= 30 and right.mean() <= 0.15 and wrong.mean() >= 0.3
+
     library = tmp_path / "captions.json"
-    library.write_text(json.dumps({p.id: p.captions[0] for p in val.products}))
+    library.write_text(json.dumps(own))
     out = tmp_path / "cir.json"
     args = [
         "eval",
@@ -203,8 +265,7 @@ def test_ground_truth_captions_as_the_candidate_library(captioned, tmp_path):
     ]
     assert cli.main(args) == 0
     v = json.loads(out.read_text())["splits"]["val"]["cir"]["variants"]
-    assert v["captions"] == str(library)
-    assert np.isfinite(v["without_image"]["avg"]) and v["without_image"]["avg"] > 0
+    assert v["captions"] == str(library) and np.isfinite(v["without_image"]["avg"])
     library.write_text(json.dumps({p.id: p.captions[0] for p in val.products[:5]}))
     assert cli.main(args) == 0
     v = json.loads(out.read_text())["splits"]["val"]["cir"]["variants"]

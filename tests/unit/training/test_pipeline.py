@@ -1,5 +1,6 @@
 """``unifashion train --config``: stages and their frozen parts, resume after SIGKILL, 2-process parity."""
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -29,6 +30,9 @@ progress = false
 
 [model.qformer]
 dropout = {dropout}
+
+[model.llm]
+lora_dropout = {dropout}
 
 [retrieval]
 phase1_epochs = 1
@@ -317,22 +321,42 @@ _STALLING_TRAIN = textwrap.dedent(
 )
 
 
-def _train_until(point: str, config: Path, out: Path, resume: bool) -> None:
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torch.distributed.run starts its workers in
+    sessions of their own, out of reach of a process-group kill)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def _train_until(point: str, config: Path, out: Path, resume: bool, processes: int = 1) -> None:
+    """Run ``unifashion train`` (under ``torch.distributed.run`` when ``processes`` > 1) until
+    ``point`` is reached, then SIGKILL every process of the run at once."""
     args = ["train", "--config", str(config), "--out", str(out), *(["--resume"] if resume else [])]
+    script = out.parent / "stalling_train.py"
+    script.write_text(_STALLING_TRAIN)
+    if processes == 1:
+        command = [sys.executable, str(script), point, *args]
+        env = None
+    else:
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command = [sys.executable, *launcher, "--master_port", str(_free_port()), str(script), point, *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
     errors = out.parent / "stderr.txt"
     with open(errors, "w") as err:  # a file, not a pipe: progress bars would fill a pipe and block
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _STALLING_TRAIN, point, *args], stdout=subprocess.PIPE, stderr=err, text=True
-        )
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         try:
             lines = iter(proc.stdout.readline, "")
             reached = any(line.strip() == "stalled" for line in lines)
             assert reached, f"never reached {point!r}: {errors.read_text()[-2000:]}"
-            os.kill(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)  # the launcher and every worker it started, at once
             proc.wait(timeout=60)
         finally:
             if proc.poll() is None:
-                proc.kill()
+                _kill_tree(proc.pid)
                 proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and not out.exists()
 
@@ -399,6 +423,7 @@ def _grad_norms(folder: Path, stage: str) -> list[float]:
     "heads",
     [
         pytest.param((), id="retrieval"),
+        pytest.param(("caption",), id="caption"),
         pytest.param(("text2image",), id="vae-and-text2image", marks=pytest.mark.slow),
     ],
 )
@@ -449,6 +474,43 @@ def test_two_processes_follow_the_trajectory_of_one(tmp_path, data, heads):
         ga, gb = _grad_norms(tmp_path / "one", stage), _grad_norms(tmp_path / "two", stage)
         assert gb == pytest.approx(ga, rel=1e-3, abs=1e-5), stage
     a, b = _tensors(tmp_path / "one"), _tensors(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_a_two_process_run_killed_in_phase_1a_and_in_phase_2_resumes_under_two_processes(tmp_path, data):
+    """Every process of a 2-process run SIGKILLed at once, twice (a phase-1a checkpoint on disk,
+    then a phase-2 one), each time resumed under 2 processes: the model ends where one
+    uninterrupted process ends (the parity tolerances of the test above), and the loss logs
+    hold each step once."""
+    config = write_config(tmp_path, data, tasks=(), checkpoint_every=2, dropout=0.0)
+    config.write_text("with_captioning = false\n" + config.read_text())
+    straight = tmp_path / "straight"
+    train_pipeline(load_pipeline_config(config), straight)
+    killed = tmp_path / "killed"
+    work = tmp_path / "killed.work"
+    _train_until("checkpoint of phase1a", config, killed, resume=False, processes=2)
+    assert json.loads((work / "checkpoint" / "state.json").read_text())["stage"] == "phase1a"
+    _train_until("checkpoint of phase2", config, killed, resume=True, processes=2)
+    state = json.loads((work / "checkpoint" / "state.json").read_text())
+    assert state["stage"] == "phase2" and json.loads((work / "progress.json").read_text())["done"] == ["phase1a"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    done = subprocess.run(
+        [*launcher, str(_free_port()), "-m", "unifashion", "train", "--config", str(config), "--out", str(killed)]
+        + ["--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for stage in ("phase1a", "phase2"):
+        with open(killed / "logs" / f"losses_{stage}.csv") as f:
+            steps = [int(r["step"]) for r in csv.DictReader(f)]
+        assert steps == list(range(1, len(steps) + 1)), stage
+        assert _losses(killed, stage) == pytest.approx(_losses(straight, stage), abs=1e-4), stage
+    a, b = _tensors(straight), _tensors(killed)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
