@@ -146,6 +146,38 @@ def cmd_eval_generation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_result(path: str | None, what: str):
+    import json
+    from pathlib import Path
+
+    from unifashion.utils.errors import UniFashionError
+
+    if path is None:
+        return None
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UniFashionError(f"--{what} {path}: cannot read the JSON of `eval {what} --json` ({exc})") from exc
+    if not isinstance(result, dict) or not isinstance(result.get("splits"), dict):
+        raise UniFashionError(f"--{what} {path}: not the JSON of `eval {what} --json` (no 'splits' object)")
+    return result
+
+
+def cmd_eval_paper(args: argparse.Namespace) -> int:
+    from unifashion.evaluation.published import paper_tables
+    from unifashion.utils.errors import UniFashionError
+
+    results = {w: _read_result(getattr(args, w), w) for w in ("retrieval", "captioning", "generation")}
+    if not any(results.values()):
+        raise UniFashionError("give at least one of --retrieval, --captioning, --generation (`eval ... --json`)")
+    try:
+        text = paper_tables(**results, split=args.split, cir_split=args.cir_split, style=args.style)
+    except ValueError as exc:
+        raise UniFashionError(str(exc)) from exc
+    print(text, end="")
+    return 0
+
+
 def register(sub) -> None:
     from unifashion.data.formats import FORMATS
 
@@ -227,3 +259,14 @@ def register(sub) -> None:
         "the paper's CLIP-S as torchmetrics computes it",
     )
     p.set_defaults(func=cmd_eval_generation)
+
+    p = esub.add_parser(
+        "paper", help="Tables 1-4 of the paper: this run's figures beside the published ones (Markdown)"
+    )
+    p.add_argument("--retrieval", default=None, help="JSON of `eval retrieval --json` (Tables 1 and 4)")
+    p.add_argument("--captioning", default=None, help="JSON of `eval captioning --json` (Table 2)")
+    p.add_argument("--generation", default=None, help="JSON of `eval generation --json` (Table 3)")
+    p.add_argument("--split", default=None, help="the split to read (default: the only one each JSON holds)")
+    p.add_argument("--cir-split", default=None, help="Table 4's split when it differs (Fashion-IQ: val)")
+    p.add_argument("--style", default="description", help="Table 2's caption style")
+    p.set_defaults(func=cmd_eval_paper)

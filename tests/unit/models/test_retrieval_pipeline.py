@@ -125,6 +125,18 @@ def test_eval_json_and_dump_agree(trained, tmp_path, capsys):
         if n <= 50:
             assert cir["composed"]["per_category"][c]["R@50"] == 100.0
     assert "CMR random-100 i2t" in capsys.readouterr().out
+    # The paper's Tables 1 and 4 read from this JSON: our row is the train split's figures
+    # (the only split here with 100 products for random-100).
+    assert cli.main(["eval", "paper", "--retrieval", str(out), "--split", "train"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ours = [float(c) for c in next(x for x in lines if x.startswith("| ours |")).strip("| ").split(" | ")[1:]]
+    r100 = r100["itc_itm"]
+    assert ours[:6] == [round(r100[d][k], 2) for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10")]
+    per = train["cir"]["composed"]["per_category"]
+    w_o_cap = [
+        float(c) for c in next(x for x in lines if x.startswith("| ours w/o cap |")).strip("| ").split(" | ")[1:]
+    ]
+    assert w_o_cap[6] == round(sum(per[c]["R@10"] for c in ("dress", "shirt", "toptee")) / 3, 2)
 
 
 def test_eval_runs_on_a_real_fashioniq_folder(trained, tmp_path):
