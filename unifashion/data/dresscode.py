@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unifashion.data.records import DatasetSplit, ImageRef, Problems, Product, TryOnSample, read_json_file
+from unifashion.data.records import (
+    DatasetSplit,
+    ImageRef,
+    Problems,
+    Product,
+    TryOnSample,
+    note_missing_files,
+    read_json_file,
+)
 from unifashion.utils.errors import DataError
 
 FORMAT = "dresscode"
@@ -64,7 +72,7 @@ def read(
         raise DataError(
             f"no Dress Code split {split!r} (available: {', '.join(splits(root)) or 'none'})", path=str(root)
         )
-    problems = Problems(skip_bad)
+    problems = Problems(skip_bad, skip_missing_files=True)
     out = DatasetSplit(FORMAT, root, split)
     captions = _captions(root)
     verify = check_images == "decode"
@@ -102,7 +110,7 @@ def read(
                         continue
                     pose = base / "keypoints" / f"{pid}_2.json"
                     if not pose.is_file():
-                        problems.report(f"pose file is missing: {pose}", path=pairs, item=item)
+                        problems.missing(f"pose file is missing: {pose}", path=pairs, item=item)
                         continue
                     parse = base / "label_maps" / f"{pid}_4.png"
                     sketch = (
@@ -133,4 +141,5 @@ def read(
                         cloths[garment_id] = Product(garment_id, group, (cloth,), (text,) if text else (), split=split)
     out.products = list(cloths.values())
     out.skipped = problems.skipped
+    note_missing_files(out, problems, "pairs", root)
     return out

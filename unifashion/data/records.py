@@ -205,9 +205,21 @@ class Problems:
     """Collects malformed items: raises at the first one, or with
     ``skip_bad=True`` records it and lets the reader go on."""
 
-    def __init__(self, skip_bad: bool = False):
+    def __init__(self, skip_bad: bool = False, *, skip_missing_files: bool = False):
         self.skip_bad = skip_bad
+        # Files a list names but the release lacks: recorded and skipped even without skip_bad
+        # (the try-on releases' pair lists name a few files some copies do not hold).
+        self.skip_missing_files = skip_missing_files
         self.skipped: list[Skipped] = []
+        self.missing_files: list[Skipped] = []
+
+    def missing(self, reason: str, *, path: str | os.PathLike, item: str | int | None = None) -> None:
+        """A listed file that is not there: skipped where ``skip_missing_files``, else as :meth:`report`."""
+        if self.skip_missing_files:
+            self.skipped.append(Skipped(str(path), item, reason))
+            self.missing_files.append(self.skipped[-1])
+        else:
+            self.report(reason, path=path, item=item)
 
     def report(self, reason: str, *, path: str | os.PathLike, item: str | int | None = None) -> None:
         if not self.skip_bad:
@@ -216,15 +228,30 @@ class Problems:
 
     def check_image(self, ref: ImageRef, *, path: str | os.PathLike, item: str | int | None, verify: bool) -> bool:
         """True if ``ref`` is usable; otherwise report it (naming ``path``/``item``)."""
+        if ref.key is None and not ref.exists():
+            self.missing(f"image {ref}: image file is missing", path=path, item=item)
+            return False
         try:
             if verify:
                 ref.verify()
-            elif ref.key is None and not ref.exists():
-                raise DataError("image file is missing", path=ref.path)
         except DataError as exc:
             self.report(f"image {ref}: {exc.reason}", path=path, item=item)
             return False
         return True
+
+
+def note_missing_files(out: DatasetSplit, problems: Problems, what: str, where: str | os.PathLike) -> None:
+    """After a reader that skips listed-but-missing files: say how many ``what`` were skipped in
+    ``out.notes``, and refuse a split where nothing listed was found (a wrong folder, not a quirk)."""
+    if not problems.missing_files:
+        return
+    first = problems.missing_files[0]
+    if not out.tryon and not out.products:
+        raise DataError(f"none of the listed {what} could be read; the first: {first.reason}", path=str(where))
+    out.notes.append(
+        f"{len(problems.missing_files)} listed {what} skipped, a file they name is missing (first: {first.reason}); "
+        f"`data stats --json` lists them all"
+    )
 
 
 @dataclass

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unifashion.data.records import DatasetSplit, ImageRef, Problems, Product, TryOnSample, read_json_file
+from unifashion.data.records import (
+    DatasetSplit,
+    ImageRef,
+    Problems,
+    Product,
+    TryOnSample,
+    note_missing_files,
+    read_json_file,
+)
 from unifashion.utils.errors import DataError
 
 FORMAT = "vitonhd"
@@ -57,7 +65,7 @@ def read(
     root = Path(root)
     if split not in splits(root):
         raise DataError(f"no VITON-HD split {split!r} (available: {', '.join(splits(root)) or 'none'})", path=str(root))
-    problems = Problems(skip_bad)
+    problems = Problems(skip_bad, skip_missing_files=True)
     out = DatasetSplit(FORMAT, root, split)
     if categories and CATEGORY not in categories:
         return out
@@ -95,7 +103,7 @@ def read(
                 continue
             pose = pose_dir / f"{stem}_keypoints.json"
             if not pose.is_file():
-                problems.report(f"pose file is missing: {pose}", path=pairs, item=item)
+                problems.missing(f"pose file is missing: {pose}", path=pairs, item=item)
                 continue
             common = {
                 "category": CATEGORY,
@@ -137,4 +145,5 @@ def read(
                     )
     out.products = list(cloths.values())
     out.skipped = problems.skipped
+    note_missing_files(out, problems, "pairs", root)
     return out

@@ -340,25 +340,40 @@ def test_fashion200k_malformed(tmp_path):
     assert [p.id for p in data.products] == ["123"] and data.products[0].subcategory == "casual"
 
 
-def test_tryon_layouts_malformed(synth_dir, tmp_path):
+def test_tryon_layouts_skip_listed_files_that_are_missing_and_say_so(synth_dir, tmp_path):
+    """A pair list naming a file the copy lacks costs that pair only: it is skipped, counted in the
+    split's notes and listed in ``skipped``; a list none of whose files exist is an error (a wrong
+    folder); a malformed line stays an error unless ``skip_bad``."""
     root, _ = synth_dir
     viton = tmp_path / "viton"
     shutil.copytree(root / "vitonhd", viton)
-    first = (viton / "train_pairs.txt").read_text().splitlines()[0].split()[0]
+    lines = (viton / "train_pairs.txt").read_text().splitlines()
+    whole = read_split(viton, "train", "vitonhd")
+    first = lines[0].split()[0]
     (viton / "train" / "image" / first).unlink()
-    with pytest.raises(DataError, match=r"train_pairs\.txt \[line 1\]: image .*: image file is missing"):
+    data = read_split(viton, "train", "vitonhd")
+    assert len(data.tryon) == len(whole.tryon) - 2  # the paired and unpaired samples of line 1
+    assert [(s.item, "image file is missing" in s.reason) for s in data.skipped] == [("line 1", True)]
+    assert any(n.startswith("1 listed pairs skipped, a file they name is missing") for n in data.notes)
+    assert dataset_stats(viton, "vitonhd")["splits"]["train"]["skipped"]["count"] == 1
+    for line in lines:
+        (viton / "train" / "image" / line.split()[0]).unlink(missing_ok=True)
+    with pytest.raises(DataError, match=r"none of the listed pairs could be read; the first: image"):
         read_split(viton, "train", "vitonhd")
-    data = read_split(viton, "train", "vitonhd", skip_bad=True)
-    assert len(data.skipped) == 1
+    (viton / "test_pairs.txt").write_text("only_one_name.jpg\n")
+    with pytest.raises(DataError, match=r"test_pairs\.txt \[line 1\]: expected 2 names"):
+        read_split(viton, "test", "vitonhd")
     with pytest.raises(DataError, match=r"no VITON-HD split 'val' \(available: train, test\)"):
         read_split(viton, "val", "vitonhd")
     dc = tmp_path / "dc"
     shutil.copytree(root / "dresscode", dc)
     group = next(g for g in ("dresses", "upper_body", "lower_body") if (dc / g / "train_pairs.txt").read_text().strip())
     line = (dc / group / "train_pairs.txt").read_text().splitlines()[0]
+    whole = read_split(dc, "train", "dresscode")
     (dc / group / "keypoints" / line.split()[0].replace("_0.jpg", "_2.json")).unlink()
-    with pytest.raises(DataError, match=r"train_pairs\.txt \[line 1\]: pose file is missing"):
-        read_split(dc, "train", "dresscode")
+    data = read_split(dc, "train", "dresscode")
+    assert len(data.tryon) == len(whole.tryon) - 1
+    assert "pose file is missing" in data.skipped[0].reason and data.notes
 
 
 def test_unknown_format_and_missing_folder_are_clear(tmp_path):
