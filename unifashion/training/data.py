@@ -219,6 +219,14 @@ class InpaintData:
     texts: list[str]  # design condition
 
 
+def inpaint_samples(data: DatasetSplit, task: str) -> list:
+    """The samples a try-on or design head trains on: paired ones (design: with a text and a sketch)."""
+    samples = [s for s in data.tryon if s.paired]
+    if task == "design":
+        samples = [s for s in samples if s.text and s.sketch is not None]
+    return samples
+
+
 def inpaint_data(
     model: RetrievalModel,
     generator: Generator,
@@ -227,9 +235,7 @@ def inpaint_data(
     progress: bool = True,
     batch_size: int = 64,
 ) -> InpaintData:
-    samples = [s for s in data.tryon if s.paired]
-    if generator.task == "design":
-        samples = [s for s in samples if s.text and s.sketch is not None]
+    samples = inpaint_samples(data, generator.task)
     if not samples:
         raise DataError(f"split {data.split!r}: no paired {generator.task} samples", path=str(data.root))
     targets, extras = [], []

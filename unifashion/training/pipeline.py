@@ -67,6 +67,7 @@ from unifashion.training import phase1, phase2
 from unifashion.training.data import (
     caption_items,
     inpaint_data,
+    inpaint_samples,
     pair_items,
     person_hw,
     product_hw,
@@ -283,6 +284,14 @@ class Pipeline:
                 self.on_stage_end(stage, self.model_dir)
         self.acc.wait_for_everyone()
 
+    def skip(self, name: str, reason: str) -> None:
+        """Stage ``name`` cannot run on this data: said in the summary and on the terminal, nothing trained."""
+        if self.cfg.run.stages and name not in self.cfg.run.stages:
+            return
+        self.summary[name] = {"skipped": reason}
+        if self.main:
+            print(f"{name}: skipped, {reason}", flush=True)
+
     def run_stage(self, name: str, fn) -> None:
         """``fn(resume)`` trains stage ``name`` unless it is done; returns its summary."""
         if name in self.done or (self.cfg.run.stages and name not in self.cfg.run.stages):
@@ -356,9 +365,16 @@ def train_pipeline(
     if tasks:
         p.run_stage("phase1b_vae", lambda r: _vae_stage(p, model, data, r))
         for task in tasks:
+            if task != "text2image" and not inpaint_samples(data, task):
+                sketch = ", with a sketch and a text" if task == "design" else ""
+                needs = f"paired try-on samples (tryon.jsonl){sketch}"
+                p.skip(f"phase1b_{task}", f"the data has no {needs}: no {task} head")
+                continue
             p.run_stage(f"phase1b_{task}", lambda r, task=task: _head_stage(p, model, data, cache, task, r))
     if cfg.retrieval.phase2_epochs > 0 and any(t.target for t in data.triplets):
         p.run_stage("phase2", lambda r: _phase2_stage(p, model, data, feature_table(), cache, r))
+    elif cfg.retrieval.phase2_epochs > 0:
+        p.skip("phase2", "the data has no triplets with a target (triplets.jsonl): no composed-retrieval training")
     p.summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
     if p.main:
         _finish(p)

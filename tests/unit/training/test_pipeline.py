@@ -516,6 +516,61 @@ def test_a_two_process_run_killed_in_phase_1a_and_in_phase_2_resumes_under_two_p
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
 
 
+def _shop_catalog(root: Path) -> Path:
+    """A shop's own catalog in the folder format, not drawn by FashionSynth: 60 noisy photo-like
+    pictures of six colours and five kinds of goods, one caption each, no triplets, no persons."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 30, 40), "blue": (30, 60, 190), "green": (40, 150, 60), "black": (20, 20, 20)}
+    colours |= {"white": (235, 235, 235), "yellow": (230, 200, 40)}
+    kinds = ("mug", "sneaker", "handbag", "scarf", "hat")
+    (root / "photos").mkdir(parents=True)
+    rows = []
+    for i in range(60):
+        colour, kind = list(colours)[i % 6], kinds[i % 5]
+        background = np.linspace(120, 220, 96)[:, None, None] + rng.normal(0, 12, (96, 80, 3))
+        picture = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+        x, y = (int(v) for v in rng.integers(5, 25, 2))
+        ImageDraw.Draw(picture).ellipse([x, y, x + 45, y + 60], fill=colours[colour])
+        picture.save(root / "photos" / f"{i:03d}.jpg", quality=90)
+        split = "val" if i % 6 == 5 else "train"
+        row = {"id": f"p{i:03d}", "image": f"photos/{i:03d}.jpg", "caption": f"{colour} {kind}", "category": kind}
+        rows.append(row | {"split": split})
+    (root / "products.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_a_shop_catalog_without_triplets_or_persons_trains_what_it_can(tmp_path, capsys):
+    """The README's command on a user's own folder (captioned products only): retrieval, the caption
+    head, the VAE and the text-to-image head train; try-on, design and phase 2 are skipped, each
+    saying what data it lacks (terminal and summary); the model loads and searches its catalog."""
+    from unifashion.pipelines.unifashion import UniFashion
+
+    shop = _shop_catalog(tmp_path / "shop")
+    tiny = Path(__file__).parents[3] / "configs" / "tiny.toml"
+    args = ["train", "--config", str(tiny), "--out", str(tmp_path / "model"), "--set", f'run.data="{shop}"']
+    assert cli.main([*args, "--set", "run.progress=false"]) == 0
+    said = capsys.readouterr().out
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert set(meta["heads"]) == {"retrieval", "captioning", "generation", "generation:text2image"}
+    summary = meta["training"]["pipeline"]["summary"]
+    for stage in ("phase1a", "phase1b_caption", "phase1b_vae", "phase1b_text2image"):
+        assert "skipped" not in summary[stage] and summary[stage]["last"], stage
+    for stage, lacking in (
+        ("phase1b_tryon", "no paired try-on samples (tryon.jsonl)"),
+        ("phase1b_design", "no paired try-on samples (tryon.jsonl), with a sketch and a text"),
+        ("phase2", "no triplets with a target (triplets.jsonl)"),
+    ):
+        assert lacking in summary[stage]["skipped"] and f"{stage}: skipped, the data has {lacking}" in said
+    model = UniFashion.from_pretrained(tmp_path / "model")
+    photos = sorted((shop / "photos").glob("*.jpg"))[:8]
+    scores = model.similarity(model.encode_texts(["red mug"], bf16=False), model.encode_images(photos, bf16=False))
+    assert scores.shape == (1, 8) and scores.isfinite().all()
+    assert len(model.caption(photos[:2], "description", max_new_tokens=4, bf16=False)) == 2
+
+
 @pytest.mark.parametrize("name", ["full.toml", "tiny.toml"])
 def test_shipped_configs_load(name):
     cfg = load_pipeline_config(Path(__file__).parents[3] / "configs" / name)
