@@ -109,3 +109,44 @@ def test_rerank_top_k_reorders_only_the_top():
     out = P.rerank_top_k(scores, 3, rescore)
     assert np.argsort(-out[0]).tolist() == [1, 2, 0, 3]
     assert seen == [([0, 0, 0], [0, 1, 2])]
+
+
+def test_candidate_lists_are_read_per_direction_and_every_fault_is_named(tmp_path):
+    import json
+
+    from unifashion.utils.errors import DataError
+
+    ids = ["a", "b", "c", "d"]
+    path = tmp_path / "lists.jsonl"
+    path.write_text(
+        json.dumps({"query": "a", "candidates": ["b", "a", "c"]})
+        + "\n\n"
+        + json.dumps({"query": "d", "candidates": ["d", "c", "b"], "direction": "t2i"})
+        + "\n"
+    )
+    lists = P.read_candidate_lists(path, ids)
+    assert lists["i2t"][0].tolist() == [0] and lists["i2t"][1].tolist() == [[1, 0, 2]]
+    assert lists["t2i"][0].tolist() == [0, 3] and lists["t2i"][1].tolist() == [[1, 0, 2], [3, 2, 1]]
+    # Ranks with these lists: item i's text is most similar to image i, except b's text to a's image.
+    sim = np.eye(4)
+    sim[1, 0] = 2.0
+    assert P.random100_ranks(sim[lists["t2i"][0]], lists["t2i"][1], lists["t2i"][0]).tolist() == [1, 1]
+    assert P.random100_ranks(sim.T[lists["i2t"][0]], lists["i2t"][1], lists["i2t"][0]).tolist() == [2]
+    for line, message in (
+        ("not json", r"lists.jsonl \[line 1\]: not JSON"),
+        (json.dumps({"query": "a"}), r"\[line 1\]: expected \{\"query\""),
+        (json.dumps({"query": "a", "candidates": ["a", "z"]}), r"\[line 1\]: 'z' is not a captioned product"),
+        (json.dumps({"query": "a", "candidates": ["a", "a"]}), r"holds? the query 'a' 2 times"),
+        (json.dumps({"query": "a", "candidates": ["a"], "direction": "x2y"}), r"direction 'x2y'; expected one of"),
+    ):
+        path.write_text(line + "\n")
+        with pytest.raises(DataError, match=message):
+            P.read_candidate_lists(path, ids)
+    path.write_text(
+        json.dumps({"query": "a", "candidates": ["a", "b"]}) + "\n" + json.dumps({"query": "b", "candidates": ["b"]})
+    )
+    with pytest.raises(DataError, match=r"\[line 2\]: 1 candidates where the lines before have 2"):
+        P.read_candidate_lists(path, ids)
+    path.write_text("\n")
+    with pytest.raises(DataError, match="no candidate lists in the file"):
+        P.read_candidate_lists(path, ids)

@@ -11,6 +11,10 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from unifashion.evaluation.retrieval import evaluate_model, save_json
 
     splits = splits_arg(args.split)
+    if args.candidates and len(splits) > 1:
+        from unifashion.utils.errors import UniFashionError
+
+        raise UniFashionError(f"--candidates lists the products of one split; --split names {len(splits)}")
     result = evaluate_model(
         args.model,
         args.data,
@@ -26,6 +30,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         caption_style=args.caption_style,
         caption_weight=args.caption_weight,
         with_captions=not args.no_captions,
+        candidate_lists=args.candidates,
     )
     if args.json:
         save_json(args.json, result)
@@ -196,6 +201,13 @@ def register(sub) -> None:
         "--cir-rerank-k", type=int, default=20, help="CIR: ITM re-ranks each query's top k (0: off; > 10 to move R@10)"
     )
     p.add_argument("--max-queries", type=int, default=1000, help="random-100 queries (a fixed-seed sample if more)")
+    p.add_argument(
+        "--candidates",
+        default=None,
+        metavar="FILE",
+        help='random-100 from fixed candidate lists (JSON lines {"query": id, "candidates": [ids], '
+        'optional "direction": "i2t"|"t2i"}) instead of the seeded sampler; one split only',
+    )
     p.add_argument(
         "--candidate-captions",
         default=None,

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from unifashion.utils.errors import DataError
+
 
 def target_ranks(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """1-based rank of each query's best positive (ties count against it). (Q,) int."""
@@ -132,3 +134,57 @@ def rerank_top_k(scores: np.ndarray, k: int, rescore_pairs) -> np.ndarray:
     out = scores.copy()
     out[rows.reshape(top.shape), top] = scores.max() + 1.0 + (new - new.min())
     return out
+
+
+DIRECTIONS = ("i2t", "t2i")
+
+
+def read_candidate_lists(path, item_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fixed random-100 candidate lists from a JSON-lines file, one query per line::
+
+        {"query": "<product id>", "candidates": ["<product id>", ...], "direction": "i2t" | "t2i"}
+
+    ``candidates`` holds the query's own product once (its true match) and the negatives;
+    without ``direction`` a line serves both directions. Returns, per direction that has lines,
+    (query item indices (Q,), candidate item indices (Q, n)) over ``item_ids``. Every error
+    names the file and line: an id not in ``item_ids``, a list without its query or with it
+    twice, lists of different lengths."""
+    import json
+    from pathlib import Path
+
+    index = {pid: i for i, pid in enumerate(item_ids)}
+    rows: dict[str, list[tuple[int, list[int]]]] = {d: [] for d in DIRECTIONS}
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read the candidate lists ({exc})", path=str(path)) from exc
+    width = None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = {"path": str(path), "item": f"line {n}"}
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not JSON ({exc.msg})", **where) from exc
+        if not isinstance(obj, dict) or not isinstance(obj.get("candidates"), list) or "query" not in obj:
+            raise DataError('expected {"query": id, "candidates": [ids], optional "direction"}', **where)
+        query, cands = str(obj["query"]), [str(c) for c in obj["candidates"]]
+        unknown = [x for x in (query, *cands) if x not in index]
+        if unknown:
+            raise DataError(f"{unknown[0]!r} is not a captioned product of the evaluated split", **where)
+        if cands.count(query) != 1:
+            raise DataError(f"the candidates hold the query {query!r} {cands.count(query)} times (need 1)", **where)
+        if width is None:
+            width = len(cands)
+        elif len(cands) != width:
+            raise DataError(f"{len(cands)} candidates where the lines before have {width}", **where)
+        direction = obj.get("direction")
+        if direction is not None and direction not in DIRECTIONS:
+            raise DataError(f"direction {direction!r}; expected one of {', '.join(DIRECTIONS)}", **where)
+        for d in (direction,) if direction else DIRECTIONS:
+            rows[d].append((index[query], [index[c] for c in cands]))
+    if width is None:
+        raise DataError("no candidate lists in the file", path=str(path))
+    return {d: (np.array([q for q, _ in r]), np.array([c for _, c in r], dtype=np.int64)) for d, r in rows.items() if r}

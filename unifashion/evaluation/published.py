@@ -10,7 +10,8 @@ at a glance (``unifashion eval paper``).
 What the paper leaves open, and what is assumed here:
 - Table 1 (FashionGen random-100): the published baselines were scored on fixed candidate
   lists released with FashionBERT/KaleidoBERT; ours come from our seeded same-category sampler
-  (the same protocol, another sample of candidates).
+  (the same protocol, another sample of candidates) unless ``eval retrieval --candidates FILE``
+  read fixed lists (written as our JSON lines; the release's own files need converting).
 - Table 3's KID has no stated scale; the try-on papers it copies (StableVITON, LaDI-VTON)
   report KID x 100, assumed here (our JSON stores KID x 1000).
 - Table 4's Average is the mean over dress, shirt and toptee only (SPRC's R@10 average

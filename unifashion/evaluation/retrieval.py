@@ -72,8 +72,11 @@ def evaluate_cmr(
     rerank_k: int = 10,
     bf16: bool = True,
     progress: bool = False,
+    candidate_lists: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Cross-modal retrieval on the products of ``data`` (their first caption)."""
+    """Cross-modal retrieval on the products of ``data`` (their first caption). Random-100 draws
+    its candidates with ``seed``, or reads fixed lists from ``candidate_lists`` (a JSON-lines
+    file, :func:`unifashion.evaluation.protocols.read_candidate_lists`)."""
     products = [p for p in data.products if p.captions]
     texts = [p.captions[0] for p in products]
     text_embeds = encode_texts(model, texts, bf16=bf16)  # (P, e)
@@ -102,33 +105,40 @@ def evaluate_cmr(
         "image_rows": image_rows,
         "image_product": image_product,
     }
-    if len(products) < candidates:
-        result["random100"] = {"skipped": f"needs at least {candidates} products, the split has {len(products)}"}
-        return result, dump
-    rng = np.random.default_rng(seed)
-    queries = np.arange(len(products))
-    if len(queries) > max_queries:
-        queries = np.sort(rng.choice(queries, size=max_queries, replace=False))
-    groups = [p.subcategory or p.category for p in products]
-    cand, topped = P.random_candidates(groups, n=candidates, seed=seed, queries=queries.tolist())
     sim = max_over_queries(images.embeds[torch.as_tensor(first)], text_embeds).numpy()  # (P texts, P images)
-    r100: dict[str, Any] = {
-        "queries": len(queries),
-        "candidates": candidates,
-        "topped_up_from_other_categories": topped,
-        "seed": seed,
-        "itc": {
-            "i2t": _metrics(P.random100_ranks(sim.T[queries], cand, queries)),
-            "t2i": _metrics(P.random100_ranks(sim[queries], cand, queries)),
-        },
-    }
+    if candidate_lists is not None:
+        lists = P.read_candidate_lists(candidate_lists, [p.id for p in products])
+        r100: dict[str, Any] = {
+            "candidates_file": str(candidate_lists),
+            "queries": {d: len(q) for d, (q, _) in lists.items()},
+            "candidates": int(next(iter(lists.values()))[1].shape[1]),
+        }
+    else:
+        if len(products) < candidates:
+            result["random100"] = {"skipped": f"needs at least {candidates} products, the split has {len(products)}"}
+            return result, dump
+        rng = np.random.default_rng(seed)
+        queries = np.arange(len(products))
+        if len(queries) > max_queries:
+            queries = np.sort(rng.choice(queries, size=max_queries, replace=False))
+        groups = [p.subcategory or p.category for p in products]
+        cand, topped = P.random_candidates(groups, n=candidates, seed=seed, queries=queries.tolist())
+        lists = {d: (queries, cand) for d in P.DIRECTIONS}
+        r100 = {
+            "queries": len(queries),
+            "candidates": candidates,
+            "topped_up_from_other_categories": topped,
+            "seed": seed,
+        }
+    base = {"i2t": sim.T, "t2i": sim}  # (query items, all items) per direction
+    r100["itc"] = {d: _metrics(P.random100_ranks(base[d][q], c, q)) for d, (q, c) in lists.items()}
     if rerank_k > 0:
         feats = images.table.feats
         temperature = model.qformer.temperature().item()
 
-        def sub(direction: str) -> np.ndarray:
-            base = sim.T[queries] if direction == "i2t" else sim[queries]
-            scores = np.take_along_axis(base, cand, axis=1)
+        def sub(direction: str) -> dict[str, float]:
+            queries, cand = lists[direction]
+            scores = np.take_along_axis(base[direction][queries], cand, axis=1)
 
             def rescore(q_idx, c_idx):
                 items_q, items_c = queries[q_idx], cand[q_idx, c_idx]
@@ -142,7 +152,7 @@ def evaluate_cmr(
             positives = cand == queries[:, None]
             return _metrics(P.target_ranks(reranked, positives))
 
-        r100["itc_itm"] = {"i2t": sub("i2t"), "t2i": sub("t2i"), "rerank_k": rerank_k}
+        r100["itc_itm"] = {**{d: sub(d) for d in lists}, "rerank_k": rerank_k}
     result["random100"] = r100
     return result, dump
 
@@ -386,8 +396,10 @@ def evaluate_split(
     progress: bool = True,
     candidate_captions: dict[str, str] | None = None,
     caption_weight: float = CAPTION_WEIGHT,
+    candidate_lists: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Every retrieval metric of one split (whatever parts its data allows)."""
+    """Every retrieval metric of one split (whatever parts its data allows); ``candidate_lists``:
+    fixed random-100 candidates (see :func:`evaluate_cmr`)."""
     started = time.perf_counter()
     refs = [r for p in data.products for r in p.images]
     table = FeatureTable.build(refs, cache, progress=progress)
@@ -395,7 +407,15 @@ def evaluate_split(
     out: dict[str, Any] = {"split": data.split, "format": data.format}
     if any(p.captions for p in data.products):
         out["cmr"], cmr_dump = evaluate_cmr(
-            model, data, images, seed=seed, rerank_k=rerank_k, max_queries=max_queries, bf16=bf16, progress=progress
+            model,
+            data,
+            images,
+            seed=seed,
+            rerank_k=rerank_k,
+            max_queries=max_queries,
+            bf16=bf16,
+            progress=progress,
+            candidate_lists=candidate_lists,
         )
     else:
         out["cmr"], cmr_dump = {"skipped": "the split's products have no captions"}, {}

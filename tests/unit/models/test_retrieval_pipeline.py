@@ -171,3 +171,42 @@ def test_eval_runs_on_a_real_fashioniq_folder(trained, tmp_path):
     assert cli.main(test_args) == 0
     result = json.loads(out.read_text())["splits"]["test"]
     assert result["cir"] == {"skipped": "the split's triplets have no target labels"}
+
+
+def test_fixed_candidate_lists_reproduce_the_seeded_protocol_and_bad_lists_are_named(trained, tmp_path, capsys):
+    """``--candidates FILE`` with the very lists the seeded sampler draws gives the seeded run's
+    random-100 figures, ITC and ITM re-ranked alike; a list that misses its query is refused
+    with the file and line."""
+    from unifashion.data.formats import read_split
+
+    data, model = trained
+    products = [p for p in read_split(data, "train").products if p.captions]
+    groups = [p.subcategory or p.category for p in products]
+    cand, _ = P.random_candidates(groups, n=100, seed=0, queries=list(range(len(products))))
+    lists = tmp_path / "candidates.jsonl"
+    lists.write_text(
+        "".join(
+            json.dumps({"query": products[q].id, "candidates": [products[c].id for c in row]}) + "\n"
+            for q, row in enumerate(cand)
+        )
+    )
+    common = ["eval", "retrieval", "--model", str(model), "--data", str(data), "--split", "train", "--no-captions"]
+    common += ["--rerank-k", "5", "--cir-rerank-k", "0"]
+    assert cli.main([*common, "--json", str(tmp_path / "seeded.json")]) == 0
+    assert cli.main([*common, "--json", str(tmp_path / "fixed.json"), "--candidates", str(lists)]) == 0
+    seeded = json.loads((tmp_path / "seeded.json").read_text())["splits"]["train"]["cmr"]["random100"]
+    fixed = json.loads((tmp_path / "fixed.json").read_text())["splits"]["train"]["cmr"]["random100"]
+    assert fixed["candidates_file"] == str(lists) and fixed["queries"] == {"i2t": len(products), "t2i": len(products)}
+    assert fixed["itc"] == seeded["itc"] and fixed["itc_itm"] == seeded["itc_itm"]
+    capsys.readouterr()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        lists.read_text().splitlines()[0]
+        + "\n"
+        + json.dumps({"query": products[0].id, "candidates": [products[1].id]})
+        + "\n"
+    )
+    assert cli.main([*common, "--candidates", str(bad)]) == 1
+    assert f"bad.jsonl [line 2]: the candidates hold the query '{products[0].id}' 0 times" in capsys.readouterr().err
+    assert cli.main([*common[:7], "train,val", "--candidates", str(lists)]) == 1
+    assert "--candidates lists the products of one split" in capsys.readouterr().err
