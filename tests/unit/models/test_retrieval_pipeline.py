@@ -100,6 +100,11 @@ def test_eval_json_and_dump_agree(trained, tmp_path, capsys):
     cir = train["cir"]
     for name in ("composed", "composed_itm", "image_only", "text_only", "late_fusion"):
         assert set(cir[name]["average"]) == {"R@10", "R@50", "avg"}
+        # The split has more categories than Fashion-IQ's three: their own average is given too.
+        assert len(cir[name]["per_category"]) > 3
+        three = [cir[name]["per_category"][c] for c in ("dress", "shirt", "toptee")]
+        for k in ("R@10", "R@50", "avg"):
+            assert cir[name]["average_dress_shirt_toptee"][k] == pytest.approx(np.mean([m[k] for m in three]))
     assert "val" in result["splits"]
     # Recompute the composed CIR recalls of one category from the dump alone.
     folder = dump / "train"
