@@ -195,6 +195,11 @@ class RetrievalTrainingConfig:
     # composed retrieval 97.6 and 97.9 (README, retrieval section).
     phase2_pair_itc_weight: float = 3.0
     log_every: int = 10
+    # AdamW's betas and eps, and the rate after the warm-up: "cosine" decay to zero or "constant"
+    # (the paper: betas 0.9 / 0.99, cosine for the Q-Former and LLM, constant for the U-Nets).
+    adam_betas: tuple[float, ...] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,11 @@ class CaptionTrainingConfig:
     # Another LoRA size than the preset's (``LLMConfig``); alpha follows the rank at 2x unless given.
     lora_rank: int | None = None
     lora_alpha: int | None = None
+    # AdamW's betas and eps, and the rate after the warm-up: "cosine" decay to zero or "constant"
+    # (the paper: betas 0.9 / 0.99, cosine for the Q-Former and LLM, constant for the U-Nets).
+    adam_betas: tuple[float, ...] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
 
 
 @dataclass(frozen=True)
@@ -273,6 +283,11 @@ class GenerationTrainingConfig:
     seed: int = 0
     bf16: bool = True
     log_every: int = 25
+    # AdamW's betas and eps, and the rate after the warm-up: "cosine" decay to zero or "constant"
+    # (the paper: betas 0.9 / 0.99, cosine for the Q-Former and LLM, constant for the U-Nets).
+    adam_betas: tuple[float, ...] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
 
 
 def tiny() -> ModelConfig:

@@ -46,3 +46,23 @@ def test_cosine_with_warmup_by_hand():
     assert lrs[2] == pytest.approx(1.0)  # cosine starts at its peak
     assert lrs[7] == pytest.approx(0.5)  # half way through the 10 decay steps
     assert lrs[-1] < 0.05
+
+
+def test_constant_schedule_keeps_the_warmed_up_rate_and_adamw_takes_the_betas():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_with_warmup(opt, total_steps=10, warmup_steps=4, kind="constant")
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="lr_schedule 'linear': expected one of cosine, constant"):
+        cosine_with_warmup(opt, 10, 0, kind="linear")
+    from unifashion.training.loop import adamw
+
+    w, b = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
+    opt = adamw([("w", w), ("b", b)], 1e-3, 0.1, betas=(0.9, 0.99), eps=1e-8)
+    assert [g["betas"] for g in opt.param_groups] == [(0.9, 0.99)] * 2
+    assert [g["eps"] for g in opt.param_groups] == [1e-8] * 2
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # no decay on the bias

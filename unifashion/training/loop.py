@@ -22,7 +22,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def adamw(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+def adamw(
+    params: list[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-6,
+) -> torch.optim.AdamW:
     """AdamW without weight decay on biases, norms, embeddings' positions, queries and the temperature."""
     decay, no_decay = [], []
     for name, p in params:
@@ -33,17 +39,25 @@ def adamw(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float
         else:
             decay.append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+
+
+LR_SCHEDULES = ("cosine", "constant")
 
 
 def cosine_with_warmup(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str = "cosine"
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to zero (paper App. D)."""
+    """Linear warm-up, then cosine decay to zero (paper App. D: the Q-Former and LLM stages), or
+    with ``kind="constant"`` the warmed-up rate kept to the end (the paper's U-Net stages)."""
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {kind!r}: expected one of {', '.join(LR_SCHEDULES)}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
+        if kind == "constant":
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 

@@ -114,7 +114,7 @@ def train_phase1a(
 ) -> dict[str, float]:
     """Train with ITC + ITM for ``cfg.phase1_epochs`` epochs; returns the last losses."""
     batch, total = steps_for(len(items), cfg.batch_size, cfg.phase1_epochs)
-    optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.warmup_ratio)
+    optim = OptimConfig.of(cfg)
     return run_stage(
         lambda: Phase1aStage(model, items, table, cfg, batch, total),
         optim,
@@ -171,7 +171,7 @@ def train_phase1b_captioner(
         check_style(s, captioner.styles)
     captioner.set_trainable(adapter=True, lora=True)
     batch, total = steps_for(len(items), cfg.batch_size, cfg.epochs)
-    optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.warmup_ratio)
+    optim = OptimConfig.of(cfg)
     last = run_stage(
         lambda: CaptionStage(captioner, items, table, cfg, batch, total),
         optim,
@@ -251,7 +251,7 @@ def train_vae(
 ) -> dict[str, float]:
     """``cfg.vae_steps`` steps on batches drawn from ``pools`` (uint8 (N, H, W, 3) arrays, one
     image size each; a pool is picked in proportion to its size), on random ``cfg.vae_crop`` crops."""
-    optim = OptimConfig(cfg.vae_lr, 0.0, cfg.warmup_ratio, clip_norm=1.0)
+    optim = OptimConfig(cfg.vae_lr, 0.0, cfg.warmup_ratio, clip_norm=1.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
     last = run_stage(
         lambda: VaeStage(vae, pools, cfg),
         optim,
@@ -405,7 +405,7 @@ def train_head(
     """``steps`` of q2I (Eq. 7) on ``image_adapter`` + U-Net + null condition; VAE and Q-Former frozen.
     The weights end as their exponential moving average (``cfg.ema_decay``; 0 turns it off)."""
     model.eval()
-    optim = OptimConfig(cfg.lr, cfg.weight_decay, cfg.warmup_ratio, clip_norm=1.0)
+    optim = OptimConfig.of(cfg, clip_norm=1.0)
     # The runner leaves the stage in eval mode (the VAE and U-Net with it).
     return run_stage(
         lambda: UNetStage(generator, head_batches(model, generator, data, cfg), cfg, steps),

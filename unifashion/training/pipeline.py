@@ -151,6 +151,10 @@ class PipelineConfig:
             "phase2",
             *(f"phase1b_{t}" for t in self.generation.tasks),
         }
+        for section in ("retrieval", "captioning", "generation"):
+            betas = getattr(self, section).adam_betas
+            if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+                raise ConfigError(f"{where}: {section}.adam_betas: two numbers in [0, 1), got {list(betas)}")
         unknown = sorted(set(self.run.stages) - known)
         if unknown:
             raise ConfigError(

@@ -111,6 +111,22 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     clip_norm: float = 5.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    schedule: str = "cosine"  # or "constant" after the warm-up
+
+    @classmethod
+    def of(cls, cfg, lr: float | None = None, weight_decay: float | None = None, **kw) -> OptimConfig:
+        """From a training config's lr, weight_decay, warmup_ratio, adam_betas, adam_eps, lr_schedule."""
+        return cls(
+            cfg.lr if lr is None else lr,
+            cfg.weight_decay if weight_decay is None else weight_decay,
+            cfg.warmup_ratio,
+            betas=tuple(cfg.adam_betas),
+            eps=cfg.adam_eps,
+            schedule=cfg.lr_schedule,
+            **kw,
+        )
 
 
 def make_accelerator(cpu: bool | None = None):
@@ -222,8 +238,9 @@ class StageRunner:
         if not named:
             raise ConfigError(f"stage {stage.name}: nothing to train (every parameter is frozen)")
         module.to(acc.device)
-        optimizer = adamw(named, optim.lr, optim.weight_decay)
-        schedule = cosine_with_warmup(optimizer, stage.total_steps, int(optim.warmup_ratio * stage.total_steps))
+        optimizer = adamw(named, optim.lr, optim.weight_decay, optim.betas, optim.eps)
+        warmup = int(optim.warmup_ratio * stage.total_steps)
+        schedule = cosine_with_warmup(optimizer, stage.total_steps, warmup, optim.schedule)
         step = 0
         if resume and self.resumable(stage.name):
             step = self._load(stage, module, optimizer, schedule, generator)

@@ -178,6 +178,30 @@ def test_eval_runs_on_a_real_fashioniq_folder(trained, tmp_path):
     assert result["cir"] == {"skipped": "the split's triplets have no target labels"}
 
 
+def test_eval_scores_every_triplet_of_fashioniq_files_with_shared_ids_and_empty_captions(trained, tmp_path):
+    """The real val records with both quirks (ids in the shirt and toptee splits, triplets with one
+    empty caption): every triplet is scored, and each category's gallery is its split file."""
+    _, model = trained
+    fiq = tmp_path / "fiq"
+    shutil.copytree(FIXTURES.parent / "fashioniq-quirks", fiq, ignore=shutil.ignore_patterns("README*"))
+    (fiq / "images").mkdir()
+    rng = np.random.default_rng(0)
+    splits = {
+        c: json.loads((fiq / f"image_splits/split.{c}.val.json").read_text()) for c in ("dress", "shirt", "toptee")
+    }
+    for asin in {a for ids in splits.values() for a in ids}:
+        Image.fromarray(rng.integers(0, 255, (48, 36, 3), dtype=np.uint8)).save(fiq / "images" / f"{asin}.jpg")
+    triplets = {c: json.loads((fiq / f"captions/cap.{c}.val.json").read_text()) for c in splits}
+    assert any("" in t["captions"] for ts in triplets.values() for t in ts)  # the quirks are in the files
+    assert set(splits["shirt"]) & set(splits["toptee"])
+    out = tmp_path / "fiq.json"
+    args = ["eval", "retrieval", "--model", str(model), "--data", str(fiq), "--split", "val", "--json", str(out)]
+    assert cli.main([*args, "--no-captions", "--cir-rerank-k", "0"]) == 0
+    cir = json.loads(out.read_text())["splits"]["val"]["cir"]
+    assert cir["queries"] == sum(len(ts) for ts in triplets.values())
+    assert cir["gallery"] == {c: len(ids) for c, ids in splits.items()}
+
+
 def test_fixed_candidate_lists_reproduce_the_seeded_protocol_and_bad_lists_are_named(trained, tmp_path, capsys):
     """``--candidates FILE`` with the very lists the seeded sampler draws gives the seeded run's
     random-100 figures, ITC and ITM re-ranked alike; a list that misses its query is refused

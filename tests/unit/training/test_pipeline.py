@@ -395,6 +395,47 @@ def test_resume_after_sigkill_at_every_kind_of_point_continues_exactly(tmp_path,
         assert _losses(killed, stage) == pytest.approx(_losses(straight, stage), abs=1e-5), stage
 
 
+def test_optimiser_betas_eps_and_schedule_come_from_the_config(tmp_path, data, monkeypatch):
+    """Each section's adam_betas, adam_eps and lr_schedule reach the optimiser of its stages (the
+    paper's recipe: 0.9/0.99, cosine for the Q-Former and LLM, constant for the U-Nets); the
+    logged rate of a constant stage stays at its peak; bad betas are named."""
+    from unifashion.training import runner
+
+    seen = {}
+    real_adamw, real_schedule = runner.adamw, runner.cosine_with_warmup
+
+    def adamw(named, lr, weight_decay, betas, eps):
+        seen.setdefault("opt", []).append((tuple(betas), eps))
+        return real_adamw(named, lr, weight_decay, betas, eps)
+
+    def schedule(optimizer, total, warmup, kind):
+        seen.setdefault("kind", []).append(kind)
+        return real_schedule(optimizer, total, warmup, kind)
+
+    monkeypatch.setattr(runner, "adamw", adamw)
+    monkeypatch.setattr(runner, "cosine_with_warmup", schedule)
+    config = write_config(tmp_path, data, tasks=("text2image",), steps=6, checkpoint_every=0)
+    text = config.read_text()
+    text = text.replace("[retrieval]\n", "[retrieval]\nadam_betas = [0.9, 0.99]\nadam_eps = 1e-8\n")
+    text = text.replace("[captioning]\n", "[captioning]\nadam_betas = [0.9, 0.99]\n")
+    text = text.replace(
+        "[generation]\n", '[generation]\nadam_betas = [0.9, 0.99]\nlr_schedule = "constant"\nwarmup_ratio = 0.0\n'
+    )
+    config.write_text(text)
+    train_pipeline(load_pipeline_config(config), tmp_path / "m")
+    # phase 1a, caption, VAE, text2image, phase 2
+    assert seen["opt"] == [((0.9, 0.99), 1e-8), ((0.9, 0.99), 1e-6), ((0.9, 0.99), 1e-6), ((0.9, 0.99), 1e-6)] + [
+        ((0.9, 0.99), 1e-8)
+    ]
+    # The VAE (trained here only for tiny/mini; the paper loads Stable Diffusion's) keeps its cosine.
+    assert seen["kind"] == ["cosine", "cosine", "cosine", "constant", "cosine"]
+    with open(tmp_path / "m" / "logs" / "losses_phase1b_text2image.csv") as f:
+        assert {float(r["lr"]) for r in csv.DictReader(f)} == {4e-4}
+    config.write_text(text.replace("adam_betas = [0.9, 0.99]\nadam_eps", "adam_betas = [0.9, 1.5]\nadam_eps"))
+    with pytest.raises(ConfigError, match=r"retrieval\.adam_betas: two numbers in \[0, 1\), got \[0.9, 1.5\]"):
+        load_pipeline_config(config).check("config")
+
+
 def test_resume_refuses_another_config(tmp_path, data):
     config = write_config(tmp_path, data, tasks=(), checkpoint_every=2)
     work = tmp_path / "m.work"
@@ -575,3 +616,16 @@ def test_a_shop_catalog_without_triplets_or_persons_trains_what_it_can(tmp_path,
 def test_shipped_configs_load(name):
     cfg = load_pipeline_config(Path(__file__).parents[3] / "configs" / name)
     assert cfg.run.data and cfg.generation.tasks == ("text2image", "tryon", "design")
+
+
+def test_the_papers_recipe_loads_and_says_what_the_paper_says():
+    cfg = load_pipeline_config(Path(__file__).parents[3] / "configs" / "paper.toml", ['run.data="data/fashiongen"'])
+    cfg.check("configs/paper.toml")
+    assert cfg.model_config().preset == "paper" and cfg.model_config().diffusion.sampler == "plms"
+    for section in (cfg.retrieval, cfg.captioning):
+        assert (section.lr, section.adam_betas, section.lr_schedule) == (2e-5, (0.9, 0.99), "cosine")
+        assert (section.batch_size, section.warmup_ratio, section.weight_decay) == (32, 0.03, 0.0)
+    assert (cfg.captioning.lora_rank, cfg.captioning.lora_alpha) == (128, 256)
+    g = cfg.generation
+    assert (g.lr, g.lr_schedule, g.batch_size, g.steps, g.adam_betas) == (1e-4, "constant", 32, 360000, (0.9, 0.99))
+    assert g.ema_decay == g.noise_offset == g.noisy_share == g.min_snr_gamma == 0.0
