@@ -117,6 +117,9 @@ class DiffusionConfig:
     # Trained here for tiny/mini; loaded from ``source`` (a Stable Diffusion
     # or Paint-by-Example folder with unet/ and vae/) for paper.
     source: str | None = None
+    # A different folder (or hub id) for the VAE than for the U-Net (the paper's try-on
+    # uses StableVITON's VITON-HD VAE); None: the VAE of ``source``.
+    vae_source: str | None = None
     image_size: int = 64  # pixels the VAE encodes
     latent_channels: int = 4
     vae_block_channels: tuple[int, ...] = (32, 64, 64)
@@ -126,6 +129,17 @@ class DiffusionConfig:
     attention_head_dim: int = 32
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    # How a pretrained inpainting U-Net of ``source`` reads the channels after the noisy latent.
+    # "concat" (ours): agnostic latent, mask (1 = paint), then pose / sketch / cloth latent;
+    # "paint_by_example": masked latent, mask with 1 = keep (Paint-by-Example inverts it), then ours;
+    # "sd_inpainting": mask (1 = paint), masked latent, then ours. "auto": from the source's
+    # model_index.json (PaintByExamplePipeline, StableDiffusionInpaintPipeline); "concat" for a
+    # plain 4-channel U-Net. Extra channels beyond the pretrained ones start at zero either way.
+    input_layout: Literal["auto", "concat", "paint_by_example", "sd_inpainting"] = "auto"
+    # The first and last beta of the "linear" and "scaled_linear" schedules (diffusers' defaults;
+    # Stable Diffusion: 0.00085 / 0.012). A pretrained ``source``'s scheduler_config.json must agree.
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
     # What the U-Net predicts: the noise ("epsilon", as Stable Diffusion 1.x) or
     # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 ("v_prediction", as SD 2.x).
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
@@ -339,6 +353,7 @@ def paper() -> ModelConfig:
             intermediate_size=3072,
             num_query_tokens=32,
             cross_attention_frequency=2,
+            vocab_size=30523,  # BERT-base uncased + "[DEC]", as BLIP-2's config.json
             max_text_length=64,
             embed_dim=256,
             init="blip2",
@@ -347,7 +362,7 @@ def paper() -> ModelConfig:
         ),
         llm=LLMConfig(
             kind="causal_lm",
-            source="lmsys/vicuna-7b-v1.5",
+            source="llava-hf/llava-1.5-7b-hf",  # LLaVA-1.5 (paper App. D); its language model is read
             lora_rank=128,
             lora_alpha=256,
             max_new_tokens=60,
@@ -356,7 +371,9 @@ def paper() -> ModelConfig:
             source="CompVis/stable-diffusion-v1-4",
             image_size=512,
             cross_attention_dim=768,
-            beta_schedule="scaled_linear",
+            beta_schedule="scaled_linear",  # Stable Diffusion v1's scheduler_config.json
+            beta_start=0.00085,
+            beta_end=0.012,
             guidance_scale=7.5,
             sampler="plms",
             sampling_steps=50,

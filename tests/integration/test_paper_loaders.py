@@ -48,7 +48,8 @@ def blip2_folder(tmp_path_factory):
 
 
 def _paper_vision(folder):
-    return dataclasses.replace(paper().vision, source=str(folder), image_size=32, feature_dim=48)
+    # fp32: the comparisons below are exact, and bf16 autocast (on CPUs that have it) is not.
+    return dataclasses.replace(paper().vision, source=str(folder), image_size=32, feature_dim=48, autocast_bf16=False)
 
 
 def _paper_qformer(folder):
@@ -63,6 +64,7 @@ def _paper_qformer(folder):
         max_position_embeddings=64,
         cross_attention_frequency=1,
         num_query_tokens=4,
+        embed_dim=16,
     )
 
 
@@ -229,7 +231,7 @@ def test_paper_image_heads_start_from_the_pretrained_unet_with_zero_extra_channe
     from unifashion.models.generator import Generator
 
     folder, unet, vae = sd_folder
-    cfg = DiffusionConfig(source=str(folder), cross_attention_dim=32, image_size=16)
+    cfg = DiffusionConfig(source=str(folder), cross_attention_dim=32, image_size=16, input_layout="concat")
     head = Generator.build(cfg, "tryon", condition_dim=48).eval()
     assert head.unet.config.in_channels == 4 + 4 + 1 + 18
     assert head.spec.latent_scale == vae.config.scaling_factor
@@ -242,9 +244,60 @@ def test_paper_image_heads_start_from_the_pretrained_unet_with_zero_extra_channe
         pose = torch.randn(1, 18, 8, 8)
         out = head.unet(torch.cat([x, pose], dim=1), t, encoder_hidden_states=cond).sample
     assert torch.allclose(out, ref, atol=1e-5)
-    # A text2image head on the same folder would need fewer channels than the U-Net has: named.
-    with pytest.raises(ConfigError, match="input channels"):
-        Generator.build(replace(cfg), "text2image", condition_dim=48)
+    # A 9-channel U-Net whose folder does not say which inpainting pipeline it belongs to: asked for.
+    with pytest.raises(ConfigError, match=r"diffusion\.input_layout: .* reads 9 channels .* no pipeline"):
+        Generator.build(replace(cfg, input_layout="auto"), "tryon", condition_dim=48)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "layout"),
+    [("PaintByExamplePipeline", "paint_by_example"), ("StableDiffusionInpaintPipeline", "sd_inpainting")],
+)
+def test_inpainting_unets_get_their_own_channel_order_and_mask_polarity(sd_folder, tmp_path, pipeline, layout):
+    """Paint-by-Example reads [z, masked latent, mask with 1 = keep], SD-inpainting [z, mask with 1 = paint,
+    masked latent]; ours is [z, agnostic latent, mask with 1 = paint, pose...]. The try-on head feeds the
+    pretrained U-Net exactly its own convention, and text2image runs through it with everything masked."""
+    import json
+    import shutil
+
+    from unifashion.config import DiffusionConfig
+    from unifashion.models.generator import Generator
+
+    folder, unet, _ = sd_folder
+    source = tmp_path / pipeline
+    shutil.copytree(folder, source)
+    (source / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    cfg = DiffusionConfig(source=str(source), cross_attention_dim=32, image_size=16)
+    head = Generator.build(cfg, "tryon", condition_dim=48).eval()
+    assert head.spec.input_layout == layout
+    torch.manual_seed(0)
+    z, agnostic, pose = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 18, 8, 8)
+    paint = (torch.rand(2, 1, 8, 8) > 0.5).float()  # ours: 1 = generate here
+    cond, t = torch.randn(2, 3, 32), torch.tensor([10, 500])
+    mask = torch.ones(2, 3, dtype=torch.long)
+    if layout == "paint_by_example":
+        theirs = torch.cat([z, agnostic, 1 - paint], dim=1)
+    else:
+        theirs = torch.cat([z, paint, agnostic], dim=1)
+    with torch.no_grad():
+        ref = unet(theirs, t, encoder_hidden_states=cond).sample
+        out = head.predict_noise(z, t, cond, mask, torch.cat([agnostic, paint, pose], dim=1))
+    assert torch.allclose(out, ref, atol=1e-5)
+    # text2image through the same U-Net: a grey image's latent as the masked image, everything painted.
+    t2i = Generator.build(cfg, "text2image", condition_dim=48).eval()
+    assert t2i.spec.blank_inpaint and t2i.unet.config.in_channels == 9
+    with torch.no_grad():
+        grey = t2i.encode_latents(torch.zeros(1, 3, 16, 16)).expand(2, -1, -1, -1)
+        full = torch.ones(2, 1, 8, 8)
+        if layout == "paint_by_example":
+            theirs = torch.cat([z, grey, 1 - full], dim=1)
+        else:
+            theirs = torch.cat([z, full, grey], dim=1)
+        ref = unet(theirs, t, encoder_hidden_states=cond).sample
+        out = t2i.predict_noise(z, t, cond, mask, None)
+    assert torch.allclose(out, ref, atol=1e-5)
+    images = t2i.sample(torch.randn(1, 4, 48), None, steps=2, seed=0)
+    assert images.shape[0] == 1
 
 
 def test_pickle_only_checkpoints_are_refused(tmp_path):
@@ -261,3 +314,507 @@ def test_unreachable_hub_id_gives_a_clear_error(monkeypatch, tmp_path):
         hub.resolve_source("nobody-here/not-a-model")
     with pytest.raises(BackboneError, match="no such folder"):
         hub.resolve_source("./missing/folder")
+
+
+# ---------------------------------------------------------------------------
+# The real BLIP-2 vocabulary, pickle checkpoints and hub revisions
+
+
+def _real_vocab_blip2(vocab_size: int = 30523):
+    """Salesforce/blip2-itm-vit-g's config.json (Q-Former vocabulary 30523 = BERT + "[DEC]",
+    512 positions), shrunk in depth and width only."""
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    cfg = Blip2Config(
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        qformer_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=vocab_size,
+            max_position_embeddings=512,
+            cross_attention_frequency=2,
+            encoder_hidden_size=48,
+            use_qformer_text_input=True,
+        ),
+        num_query_tokens=4,
+        image_text_hidden_size=16,
+    )
+    torch.manual_seed(1)
+    model = Blip2ForImageTextRetrieval(cfg).eval()
+    # BLIP-2's vision config initialises its linear layers at std 1e-10, which would make every
+    # attention and MLP block of the stand-in a no-op: give the vision tower weights that matter.
+    with torch.no_grad():
+        for name, p in model.vision_model.named_parameters():
+            is_norm_scale = "norm" in name and name.endswith("weight")
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if is_norm_scale else 0.0))
+    return model
+
+
+def _shrunk_paper_qformer(folder):
+    return dataclasses.replace(
+        paper().qformer,
+        source=str(folder),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        num_query_tokens=4,
+        embed_dim=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def real_vocab_folder(tmp_path_factory):
+    model = _real_vocab_blip2()
+    folder = tmp_path_factory.mktemp("blip2-30523")
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder, model
+
+
+def test_the_paper_qformer_has_blip2s_vocabulary_and_loads_it(real_vocab_folder):
+    folder, reference = real_vocab_folder
+    assert paper().qformer.vocab_size == 30523
+    embeddings, _, _, heads = text.load_blip2_qformer(_shrunk_paper_qformer(folder), 48)
+    assert embeddings.word_embeddings.weight.shape == (30523, 32)
+    assert torch.equal(embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight)
+    assert heads["missing"] == []
+
+
+def test_a_vocabulary_mismatch_is_named_before_any_weight_is_read(real_vocab_folder, tmp_path, monkeypatch):
+    folder, _ = real_vocab_folder
+    wrong = dataclasses.replace(_shrunk_paper_qformer(folder), vocab_size=30522)
+    # The config.json disagrees: refused from the config alone.
+    with pytest.raises(BackboneError, match=r"qformer\.vocab_size: .* has 30523, config has 30522"):
+        text.load_blip2_qformer(wrong, 48)
+    # A config.json that lies about the vocabulary: the tensor header is read, no weight loaded.
+    import json
+    import shutil
+
+    lying = tmp_path / "lying"
+    shutil.copytree(folder, lying)
+    meta = json.loads((lying / "config.json").read_text())
+    meta["qformer_config"]["vocab_size"] = 30522
+    (lying / "config.json").write_text(json.dumps(meta))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a weight was loaded before the vocabulary was checked")
+
+    monkeypatch.setattr(hub, "load_prefixed_tensors", no_loading)
+    with pytest.raises(BackboneError, match=r"has 30523 word embeddings, config has 30522"):
+        text.load_blip2_qformer(dataclasses.replace(wrong, source=str(lying)), 48)
+
+
+def test_the_qformer_tokenizer_is_always_bert_with_dec(real_vocab_folder, tmp_path):
+    """Without tokenizer files, and with a captioning checkpoint's LLM tokenizer beside the weights,
+    the Q-Former still reads BERT uncased WordPiece + "[DEC]" (id 30522): every id fits its 30523 rows."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from unifashion.config import ModelConfig
+    from unifashion.models.retrieval import RetrievalModel
+
+    folder, _ = real_vocab_folder
+    with_llm_tokenizer = tmp_path / "captioning"
+    shutil.copytree(folder, with_llm_tokenizer)
+    AutoTokenizer.from_pretrained(str(llm.smollm2_dir()[0])).save_pretrained(with_llm_tokenizer)
+    for source in (folder, with_llm_tokenizer):
+        tok = text.load_qformer_tokenizer(_shrunk_paper_qformer(source))
+        assert len(tok) == 30523 and tok.bos_token == "[DEC]" and tok.convert_tokens_to_ids("[DEC]") == 30522
+        assert tok("a red dress")["input_ids"] == [101, 1037, 2417, 4377, 102]  # BERT uncased: [CLS] a red dress [SEP]
+    # The whole retrieval model on the stand-in: text ids index the 30523-row table.
+    config = ModelConfig(preset="paper", vision=_paper_vision(folder), qformer=_shrunk_paper_qformer(folder))
+    model = RetrievalModel.build(config)
+    batch = model.tokenize(["[DEC] a red dress with long sleeves"])
+    assert int(batch.input_ids.max()) == 30522
+    assert model.qformer.text_embedding(batch).shape == (1, 16)
+    # A Q-Former whose table is smaller than the tokenizer is refused, by name.
+    small = dataclasses.replace(_shrunk_paper_qformer(folder), vocab_size=30522)
+    with pytest.raises(BackboneError, match=r"qformer\.vocab_size: the tokenizer .* has 30523 tokens"):
+        text.load_qformer_tokenizer(small)
+
+
+def test_a_pickle_only_checkpoint_loads_after_conversion(tmp_path):
+    """Salesforce/blip2-itm-vit-g ships pytorch_model.bin: refused with the command that converts it,
+    which reads it with weights_only=True and writes safetensors (shards and their index too)."""
+    import json
+
+    from unifashion.cli import main
+
+    reference = _real_vocab_blip2()
+    src = tmp_path / "bin"
+    reference.save_pretrained(src)
+    # The layout transformers 4 wrote with safe_serialization=False: pickled shards + their index.
+    state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    names = sorted(state)
+    shards = [names[: len(names) // 2], names[len(names) // 2 :]]
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        file = f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
+        torch.save({k: state[k] for k in shard}, src / file)
+        weight_map |= {k: file for k in shard}
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for file in src.glob("*.safetensors*"):
+        file.unlink()
+    assert sorted(p.name for p in src.iterdir()) == [
+        "config.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+    ]
+    with pytest.raises(BackboneError, match="unifashion convert weights"):
+        text.load_blip2_qformer(_shrunk_paper_qformer(src), 48)
+    out = tmp_path / "converted"
+    assert main(["convert", "weights", str(src), str(out)]) == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {p.name for p in out.glob("model-*.safetensors")}
+    _, qformer, query_tokens, heads = text.load_blip2_qformer(_shrunk_paper_qformer(out), 48)
+    for name, tensor in reference.qformer.state_dict().items():
+        assert torch.equal(qformer.state_dict()[name], tensor), name
+    assert torch.equal(query_tokens, reference.query_tokens.detach())
+    assert heads["missing"] == []
+    # transformers reads the converted folder too (its safetensors carry the metadata it needs).
+    from transformers import Blip2ForImageTextRetrieval
+
+    again = Blip2ForImageTextRetrieval.from_pretrained(out, use_safetensors=True)
+    assert torch.equal(again.itm_head.weight, reference.itm_head.weight)
+
+
+class _Payload:
+    """Unpickling this would create ``marker`` (what a malicious checkpoint would do instead)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_the_converter_refuses_a_pickle_that_runs_code(tmp_path):
+    from unifashion.backbones.convert import ConvertError, convert_weights
+
+    marker = tmp_path / "code-ran"
+    bad = tmp_path / "model.pth"
+    torch.save({"weight": torch.zeros(2), "payload": _Payload(marker)}, bad)
+    with pytest.raises(ConvertError, match=r"model\.pth: refused"):
+        convert_weights(bad, tmp_path / "out")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_single_file_checkpoints_give_their_state_dict(tmp_path):
+    """{"epoch", "<ModelClass>": state} as the official release saves it, a tied weight, and the
+    choice between several state dicts."""
+    from safetensors.torch import load_file
+
+    from unifashion.backbones.convert import ConvertError, convert_weights
+
+    shared = torch.randn(5, 3)
+    state = {"embed.weight": shared, "head.weight": shared, "query_tokens": torch.randn(1, 4, 3)}
+    release = tmp_path / "cir.pth"
+    torch.save({"epoch": 3, "Blip2QformerCirCls": state}, release)
+    report = convert_weights(release, tmp_path / "one")
+    loaded = load_file(tmp_path / "one" / "model.safetensors")
+    assert report["converted"][0]["tensors"] == 3
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    two = tmp_path / "two.ckpt"
+    torch.save({"state_dict": state, "ema": {"x": torch.ones(1)}}, two)
+    with pytest.raises(ConvertError, match=r"several entries hold tensors \(\['ema', 'state_dict'\]\); name one"):
+        convert_weights(two, tmp_path / "x")
+    convert_weights(two, tmp_path / "ema", key="ema")
+    assert list(load_file(tmp_path / "ema" / "model.safetensors")) == ["x"]
+    with pytest.raises(ConvertError, match=r"no entry 'weights'"):
+        convert_weights(two, tmp_path / "y", key="weights")
+
+
+def test_hub_ids_take_a_revision(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(repo, revision=None, allow_patterns=None):
+        calls.append((repo, revision))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert hub.resolve_source("Salesforce/blip2-itm-vit-g@refs/pr/5") == tmp_path
+    assert hub.resolve_source("CompVis/stable-diffusion-v1-4") == tmp_path
+    assert calls == [("Salesforce/blip2-itm-vit-g", "refs/pr/5"), ("CompVis/stable-diffusion-v1-4", None)]
+    with pytest.raises(BackboneError, match="'@' must be followed by a revision"):
+        hub.resolve_source("Salesforce/blip2-itm-vit-g@")
+
+
+# CompVis/stable-diffusion-v1-4's scheduler/scheduler_config.json.
+SD14_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.7.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+
+def test_the_noise_schedule_is_the_sources(sd_folder, tmp_path):
+    """SD's betas run 0.00085 -> 0.012 (scaled linear); diffusers' defaults (0.0001 -> 0.02) would train
+    and sample the pretrained U-Net under a schedule it never saw. A config that differs is refused."""
+    import json
+    import shutil
+
+    from unifashion.config import DiffusionConfig
+    from unifashion.models.generator import Generator, make_sampler, training_schedule
+
+    folder, _, vae = sd_folder
+    sd = tmp_path / "sd"
+    shutil.copytree(folder, sd)
+    (sd / "scheduler").mkdir()
+    (sd / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD14_SCHEDULER))
+    (sd / "model_index.json").write_text(json.dumps({"_class_name": "PaintByExamplePipeline"}))
+    ours = dataclasses.replace(paper().diffusion, source=str(sd), cross_attention_dim=32, image_size=16)
+    head = Generator.build(ours, "tryon", condition_dim=48)
+    betas = training_schedule(head.config).betas
+    assert betas[0].item() == pytest.approx(0.00085) and betas[-1].item() == pytest.approx(0.012)
+    sampler = make_sampler("plms", head.config)
+    assert sampler.betas[-1].item() == pytest.approx(0.012)
+    with pytest.raises(BackboneError, match=r"diffusion\.beta_start: .*scheduler_config.json has 0.00085"):
+        Generator.build(DiffusionConfig(source=str(sd), beta_schedule="scaled_linear"), "tryon", condition_dim=48)
+    # The VAE can come from elsewhere (the paper's try-on: StableVITON's VITON-HD VAE).
+    other = tmp_path / "other-vae"
+    torch.manual_seed(5)
+    from diffusers import AutoencoderKL
+
+    replacement = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        scaling_factor=0.5,
+    )
+    replacement.save_pretrained(other / "vae", safe_serialization=True)
+    head = Generator.build(dataclasses.replace(ours, vae_source=str(other)), "tryon", condition_dim=48)
+    assert head.spec.latent_scale == 0.5 != vae.config.scaling_factor
+
+
+def _as_lavis(reference) -> dict[str, torch.Tensor]:
+    """The stand-in's weights under the names LAVIS's Blip2Qformer gives them (lavis/models/eva_vit.py:
+    cls_token, pos_embed, patch_embed.proj, blocks.i.{norm1, attn.qkv, attn.q_bias, attn.v_bias,
+    attn.proj, norm2, mlp.fc1, mlp.fc2}; lavis/models/blip2_models/Qformer.py: a BertLMHeadModel
+    ``Qformer`` with bert.embeddings.{word_embeddings, position_embeddings, LayerNorm, position_ids},
+    bert.encoder.layer.i.{attention, crossattention}.{self, output}, {intermediate, output}{,_query},
+    and cls.predictions), plus ln_vision, query_tokens, vision_proj, text_proj, itm_head and temp."""
+    hf = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    d = reference.config.vision_config.hidden_size
+    out = {
+        "visual_encoder.cls_token": hf["vision_model.embeddings.class_embedding"],
+        "visual_encoder.pos_embed": hf["vision_model.embeddings.position_embedding"],
+        "visual_encoder.patch_embed.proj.weight": hf["vision_model.embeddings.patch_embedding.weight"],
+        "visual_encoder.patch_embed.proj.bias": hf["vision_model.embeddings.patch_embedding.bias"],
+        "ln_vision.weight": hf["vision_model.post_layernorm.weight"],
+        "ln_vision.bias": hf["vision_model.post_layernorm.bias"],
+        "query_tokens": hf["query_tokens"],
+        "temp": torch.tensor(0.07),
+    }
+    for i in range(reference.config.vision_config.num_hidden_layers):
+        hf_block, lavis_block = f"vision_model.encoder.layers.{i}.", f"visual_encoder.blocks.{i}."
+        bias = hf[hf_block + "self_attn.qkv.bias"]
+        out[lavis_block + "attn.q_bias"], out[lavis_block + "attn.v_bias"] = bias[:d], bias[2 * d :]
+        for ours, theirs in (
+            ("norm1", "layer_norm1"),
+            ("norm2", "layer_norm2"),
+            ("attn.proj", "self_attn.projection"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ):
+            for p in ("weight", "bias"):
+                out[f"{lavis_block}{ours}.{p}"] = hf[f"{hf_block}{theirs}.{p}"]
+        out[lavis_block + "attn.qkv.weight"] = hf[hf_block + "self_attn.qkv.weight"]
+    bert = "Qformer.bert."
+    out[bert + "embeddings.word_embeddings.weight"] = hf["embeddings.word_embeddings.weight"]
+    out[bert + "embeddings.position_embeddings.weight"] = hf["embeddings.position_embeddings.weight"]
+    out[bert + "embeddings.LayerNorm.weight"] = hf["qformer.layernorm.weight"]
+    out[bert + "embeddings.LayerNorm.bias"] = hf["qformer.layernorm.bias"]
+    out[bert + "embeddings.position_ids"] = torch.arange(512).unsqueeze(0)
+    for key, tensor in hf.items():
+        if key.startswith("qformer.encoder.layer."):
+            name = key[len("qformer.") :].replace("attention.attention.", "attention.self.")
+            out[bert + name] = tensor
+    q = reference.config.qformer_config
+    out["Qformer.cls.predictions.bias"] = torch.zeros(q.vocab_size)
+    out["Qformer.cls.predictions.transform.dense.weight"] = torch.randn(q.hidden_size, q.hidden_size)
+    out["Qformer.cls.predictions.decoder.weight"] = hf["embeddings.word_embeddings.weight"]
+    heads = (("vision_proj", "vision_projection"), ("text_proj", "text_projection"), ("itm_head", "itm_head"))
+    for head, theirs in heads:
+        for p in ("weight", "bias"):
+            out[f"{head}.{p}"] = hf[f"{theirs}.{p}"]
+    return out
+
+
+def test_a_lavis_blip2_checkpoint_converts_and_computes_the_same(tmp_path):
+    """blip2_pretrained.pth-style ({"model": state}, LAVIS names, separate q/v biases): every tensor is
+    mapped or named with the reason; the folder loads strictly and gives the original's features and logits."""
+    from transformers import Blip2ForImageTextRetrieval
+
+    from unifashion.backbones.convert import ConvertError, convert_lavis_blip2
+    from unifashion.cli import main
+
+    reference = _real_vocab_blip2()
+    with torch.no_grad():  # LAVIS's vision attention has q and v biases and no k bias
+        for layer in reference.vision_model.encoder.layers:
+            bias = torch.randn_like(layer.self_attn.qkv.bias)
+            bias[48:96] = 0
+            layer.self_attn.qkv.bias.copy_(bias)
+    lavis = _as_lavis(reference)
+    torch.save({"model": lavis}, tmp_path / "blip2_pretrained.pth")
+    out = tmp_path / "blip2-hf"
+    assert (
+        main(
+            [
+                "convert",
+                "lavis-blip2",
+                str(tmp_path / "blip2_pretrained.pth"),
+                str(out),
+                "--vision-heads",
+                "4",
+                "--qformer-heads",
+                "4",
+            ]
+        )
+        == 0
+    )
+    report = convert_lavis_blip2(tmp_path / "blip2_pretrained.pth", tmp_path / "again", vision_heads=4, qformer_heads=4)
+    assert set(report["not_mapped"]) == {
+        "temp",
+        "Qformer.bert.embeddings.position_ids",
+        "Qformer.cls.predictions.bias",
+        "Qformer.cls.predictions.transform.dense.weight",
+        "Qformer.cls.predictions.decoder.weight",
+    }
+    assert report["config"]["qformer_config"]["vocab_size"] == 30523
+    assert report["config"]["qformer_config"]["cross_attention_frequency"] == 2
+    converted = Blip2ForImageTextRetrieval.from_pretrained(out, use_safetensors=True).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[101, 1037, 2417, 4377, 102], [101, 30522, 2417, 4377, 102]])
+    inputs = {"pixel_values": pixels, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        want = reference(**inputs, use_image_text_matching_head=True).logits_per_image
+        got = converted(**inputs, use_image_text_matching_head=True).logits_per_image
+    assert torch.allclose(got, want, atol=1e-5)
+    # Our own loaders read the converted folder as they read a hub checkpoint.
+    enc = vision.load_vision_encoder(_paper_vision(out))
+    with torch.no_grad():
+        want_patch = reference.vision_model(pixel_values=pixels).last_hidden_state
+        assert torch.allclose(enc(pixels).patch, want_patch, atol=1e-5)
+    _, _, _, heads = text.load_blip2_qformer(_shrunk_paper_qformer(out), 48)
+    assert heads["missing"] == []
+    # A tensor the model has no place for, or one the model needs that is absent, is named.
+    broken = dict(lavis)
+    del broken["Qformer.bert.encoder.layer.1.output_query.dense.weight"]
+    torch.save({"model": broken}, tmp_path / "broken.pth")
+    with pytest.raises(ConvertError, match=r"missing \['qformer\.encoder\.layer\.1\.output_query\.dense\.weight'\]"):
+        convert_lavis_blip2(tmp_path / "broken.pth", tmp_path / "x", vision_heads=4, qformer_heads=4)
+
+
+def _llava_stand_in(tokenizer):
+    """llava-hf/llava-1.5-7b-hf's config.json (a Llama text model under a CLIP ViT-L/14-336 tower,
+    projector "gelu", vision feature layer -2), shrunk in depth and width."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = LlavaConfig(
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=16,
+        ),
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_token_index=len(tokenizer) - 1,
+    )
+    torch.manual_seed(6)
+    return LlavaForConditionalGeneration(cfg).eval()
+
+
+@pytest.mark.parametrize("layout", ["current", "legacy"])
+def test_the_paper_llm_is_the_language_model_of_a_llava_checkpoint(tmp_path, layout):
+    """The paper's LLM is LLaVA-1.5: its folder (LlavaForConditionalGeneration, under today's key names or
+    the language_model.* names of older llava-hf uploads) gives the text model with the same logits."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    assert paper().llm.source == "llava-hf/llava-1.5-7b-hf"
+    tokenizer = AutoTokenizer.from_pretrained(str(llm.smollm2_dir()[0]))
+    reference = _llava_stand_in(tokenizer)
+    folder = tmp_path / "llava"
+    reference.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    # transformers writes the llava-hf layout (language_model.model.*, language_model.lm_head.*,
+    # vision_tower.*); releases 4.52-4.57 wrote model.language_model.*, lm_head.*, model.vision_tower.*.
+    assert any(k.startswith("language_model.model.layers.") for k in state) and "language_model.lm_head.weight" in state
+    if layout == "current":
+        renamed = {}
+        for key, tensor in state.items():
+            if key.startswith("language_model.model."):
+                key = "model.language_model." + key[len("language_model.model.") :]
+            elif key.startswith("language_model.lm_head."):
+                key = key[len("language_model.") :]
+            else:
+                key = "model." + key
+            renamed[key] = tensor
+        save_file(renamed, path, metadata={"format": "pt"})
+    tok, lm = llm.load_llm(dataclasses.replace(paper().llm, source=str(folder)))
+    ids = tok("a red dress with long sleeves", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = reference(input_ids=ids).logits
+        got = lm(ids).logits
+    assert type(lm).__name__ == "LlamaForCausalLM"
+    assert torch.allclose(got, want, atol=1e-5)
+    # A checkpoint without its language model's head is refused by name.
+    state = load_file(folder / "model.safetensors")
+    head = "lm_head.weight" if layout == "current" else "language_model.lm_head.weight"
+    del state[head]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(BackboneError, match=r"incomplete \(missing \['lm_head.weight'\]\)"):
+        llm.load_llm(dataclasses.replace(paper().llm, source=str(folder)))
+
+
+def test_retrieval_heads_of_another_width_are_refused_not_skipped(real_vocab_folder):
+    from unifashion.models.qformer import build_qformer
+
+    folder, reference = real_vocab_folder
+    model = build_qformer(_shrunk_paper_qformer(folder), 48)
+    assert torch.equal(model.itm_head.weight, reference.itm_head.weight)
+    assert torch.equal(model.vision_proj.weight, reference.vision_projection.weight)
+    with pytest.raises(BackboneError, match=r"qformer\.embed_dim: the vision_projection .* maps 32 -> 16"):
+        build_qformer(dataclasses.replace(_shrunk_paper_qformer(folder), embed_dim=256), 48)

@@ -7,6 +7,7 @@ train their own U-Net and VAE (see ``unifashion/models/generator.py``).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,3 +47,46 @@ def load_vae(source: str, subfolder: str = "vae"):
         return AutoencoderKL.from_pretrained(os.fspath(folder), subfolder=subfolder, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"{folder / subfolder}: cannot load an AutoencoderKL ({exc})") from None
+
+
+def pipeline_class(source: str) -> str | None:
+    """The ``_class_name`` of ``source``'s model_index.json (None without one)."""
+    folder = hub.resolve_source(source, allow_patterns=["model_index.json"])
+    path = folder / "model_index.json"
+    if not path.is_file():
+        return None
+    name = hub.read_json(path).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+# The fields of a diffusers scheduler_config.json that fix the forward process a U-Net was trained under.
+SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+
+
+def read_schedule(source: str) -> dict | None:
+    """The forward-process fields of ``source``'s ``scheduler/scheduler_config.json``
+    (None when the source has no scheduler folder)."""
+    folder = hub.resolve_source(source, allow_patterns=["scheduler/*.json", "model_index.json"])
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return None
+    data = hub.read_json(path)
+    return {k: data[k] for k in SCHEDULE_FIELDS if k in data}
+
+
+def check_schedule(config) -> None:
+    """A pretrained U-Net must be trained and sampled under the betas it was made with: each
+    forward-process field of ``config`` (a ``DiffusionConfig`` with a ``source``) must equal the
+    source's scheduler_config.json. A difference is an error naming the field and both values."""
+    schedule = read_schedule(config.source)
+    if schedule is None:
+        return
+    for name, value in schedule.items():
+        ours = getattr(config, name)
+        same = abs(float(ours) - float(value)) <= 1e-12 if isinstance(value, float) else ours == value
+        if not same:
+            raise BackboneError(
+                f"diffusion.{name}: {config.source}/scheduler/scheduler_config.json has {value!r}, the config "
+                f"{ours!r}; set diffusion.{name} = {json.dumps(value)} (the U-Net was trained under the source's "
+                "noise schedule)"
+            )

@@ -94,7 +94,8 @@ def backbone_checks(config: ModelConfig) -> list[tuple[str, Callable[[], tuple[i
         from unifashion.backbones import diffusion
 
         checks.append(("diffusion:unet", lambda: (_count(diffusion.load_unet(config.diffusion.source)), None)))
-        checks.append(("diffusion:vae", lambda: (_count(diffusion.load_vae(config.diffusion.source)), None)))
+        vae_source = config.diffusion.vae_source or config.diffusion.source
+        checks.append(("diffusion:vae", lambda: (_count(diffusion.load_vae(vae_source)), None)))
     return checks
 
 

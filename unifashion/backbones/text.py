@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -79,6 +80,48 @@ def load_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(os.fspath(minilm_dir()))
+
+
+# BLIP-2's Q-Former tokenizer: BERT-base uncased plus a "[DEC]" token (id 30522),
+# the beginning-of-sequence token of its text decoder (hence a vocabulary of 30523).
+BLIP2_DECODER_TOKEN = "[DEC]"
+
+
+def _is_bert_tokenizer(folder: Path) -> bool:
+    if (folder / "vocab.txt").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    try:
+        tokenizer_class = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") or ""
+    except ValueError:
+        return False
+    return tokenizer_class.startswith("Bert")
+
+
+def load_qformer_tokenizer(config: QFormerConfig):
+    """The tokenizer of a Q-Former: MiniLM's (BERT uncased WordPiece) unless the Q-Former
+    comes from BLIP-2. Then it is always a BERT tokenizer with ``[DEC]``: the source's own
+    when the source ships one, else MiniLM's (the same BERT-base uncased vocabulary) with
+    ``[DEC]`` added, never a captioning checkpoint's LLM tokenizer (OPT or T5 ids would run
+    past the Q-Former's word embeddings). Its size is checked against ``vocab_size``."""
+    from transformers import AutoTokenizer
+
+    if config.init != "blip2" or not config.source:
+        return load_tokenizer()
+    from unifashion.backbones import hub
+
+    folder = hub.resolve_source(config.source, allow_patterns=["*.json", "*.txt"])
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder)) if _is_bert_tokenizer(folder) else load_tokenizer()
+    if tokenizer.bos_token != BLIP2_DECODER_TOKEN:
+        tokenizer.add_special_tokens({"bos_token": BLIP2_DECODER_TOKEN})
+    if len(tokenizer) > config.vocab_size:
+        raise BackboneError(
+            f"qformer.vocab_size: the tokenizer of {config.source} has {len(tokenizer)} tokens, the Q-Former's "
+            f"word embeddings only {config.vocab_size}"
+        )
+    return tokenizer
 
 
 def load_minilm():
@@ -228,6 +271,8 @@ def load_blip2_qformer(config: QFormerConfig, encoder_hidden_size: int):
         "intermediate_size": qcfg.get("intermediate_size"),
         "cross_attention_frequency": qcfg.get("cross_attention_frequency"),
         "num_query_tokens": full.get("num_query_tokens"),
+        "vocab_size": qcfg.get("vocab_size"),
+        "max_position_embeddings": qcfg.get("max_position_embeddings"),
     }
     for name, value in checks.items():
         if value is not None and getattr(config, name) != value:
@@ -236,6 +281,12 @@ def load_blip2_qformer(config: QFormerConfig, encoder_hidden_size: int):
         raise BackboneError(
             f"{folder}: Q-Former cross-attends to {qcfg['encoder_hidden_size']}-d features, "
             f"the vision encoder gives {encoder_hidden_size}"
+        )
+    # The checkpoint's own tensors, read from the file headers before any weight is loaded.
+    words = hub.tensor_shapes(folder, "embeddings.word_embeddings.weight").get("embeddings.word_embeddings.weight")
+    if words is not None and words[0] != config.vocab_size:
+        raise BackboneError(
+            f"qformer.vocab_size: {folder} has {words[0]} word embeddings, config has {config.vocab_size}"
         )
     embeddings, qformer = build_qformer(config, encoder_hidden_size)
     heads: dict = {"missing": []}

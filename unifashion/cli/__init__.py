@@ -9,12 +9,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from unifashion.cli import catalog, data, doctor, eval, inference, recipes, train
+from unifashion.cli import catalog, convert, data, doctor, eval, inference, recipes, train
 from unifashion.utils.errors import UniFashionError
 from unifashion.utils.hardware import quiet_libraries
 
 # In the order ``unifashion --help`` lists them.
-COMMAND_GROUPS = (doctor, recipes, data, train, eval, inference, catalog)
+COMMAND_GROUPS = (doctor, recipes, data, train, eval, inference, catalog, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

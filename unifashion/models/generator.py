@@ -148,6 +148,43 @@ def widen_conv_in(unet: nn.Module, in_channels: int) -> nn.Module:
     return unet
 
 
+# Pretrained inpainting pipelines whose U-Net input order and mask polarity differ from ours.
+PIPELINE_LAYOUTS = {"PaintByExamplePipeline": "paint_by_example", "StableDiffusionInpaintPipeline": "sd_inpainting"}
+
+
+def resolve_input_layout(cfg: DiffusionConfig, pretrained_in_channels: int) -> str:
+    """The input layout of a pretrained U-Net (see ``DiffusionConfig.input_layout``)."""
+    if cfg.input_layout != "auto":
+        return cfg.input_layout
+    if pretrained_in_channels == cfg.latent_channels:
+        return "concat"
+    from unifashion.backbones.diffusion import pipeline_class
+
+    name = pipeline_class(cfg.source)
+    if name in PIPELINE_LAYOUTS:
+        return PIPELINE_LAYOUTS[name]
+    raise ConfigError(
+        f"diffusion.input_layout: the U-Net of {cfg.source} reads {pretrained_in_channels} channels and its "
+        f"model_index.json names {name or 'no pipeline'}; set 'paint_by_example' (masked latent, mask 1 = keep), "
+        "'sd_inpainting' (mask 1 = paint, masked latent) or 'concat' (masked latent, mask 1 = paint)"
+    )
+
+
+def arrange_extra(extra: torch.Tensor, layout: str, latent_channels: int) -> torch.Tensor:
+    """Our extra channels ``[agnostic latent, mask (1 = paint), rest]`` in the order and mask
+    polarity the U-Net of ``layout`` was trained with."""
+    if layout == "concat":
+        return extra
+    agnostic = extra[:, :latent_channels]
+    mask = extra[:, latent_channels : latent_channels + 1]
+    rest = extra[:, latent_channels + 1 :]
+    if layout == "paint_by_example":
+        return torch.cat([agnostic, 1 - mask, rest], dim=1)
+    if layout == "sd_inpainting":
+        return torch.cat([mask, agnostic, rest], dim=1)
+    raise ConfigError(f"input_layout: unknown layout {layout!r}")
+
+
 TERMINAL_ALPHA_BAR = 2.0**-24  # the last step's alpha_bar under zero_terminal_snr (diffusers keeps the same)
 
 
@@ -162,7 +199,12 @@ def schedule_betas(cfg: DiffusionConfig) -> list[float] | None:
         raise ConfigError("zero_terminal_snr: needs prediction_type 'v_prediction' (noise is unpredictable at SNR 0)")
     from diffusers import DDPMScheduler
 
-    base = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+    base = DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+    )
     root = base.alphas_cumprod.double().sqrt()
     first, last = root[0].clone(), root[-1].clone()
     root = (root - last) * first / (first - last)
@@ -177,6 +219,8 @@ def _schedule_fields(cfg: DiffusionConfig) -> dict:
     return {
         "num_train_timesteps": cfg.num_train_timesteps,
         "beta_schedule": cfg.beta_schedule,
+        "beta_start": cfg.beta_start,
+        "beta_end": cfg.beta_end,
         "prediction_type": cfg.prediction_type,
         **({"trained_betas": betas} if betas is not None else {}),
     }
@@ -261,6 +305,10 @@ class GeneratorSpec:
     image_width: int
     latent_scale: float  # multiplies VAE latents to unit variance (SD's ``scaling_factor``)
     cloth_latent: bool = False  # try-on: the cloth image's latent is a spatial input too
+    input_layout: str = "concat"  # how the U-Net reads the extra channels (see DiffusionConfig.input_layout)
+    # text2image through a pretrained inpainting U-Net: its masked-image and mask channels get a
+    # blank (grey) image's latent and "paint everywhere".
+    blank_inpaint: bool = False
 
 
 class Generator(nn.Module):
@@ -295,15 +343,25 @@ class Generator(nn.Module):
         hw = image_hw or (config.image_size, config.image_size)
         in_extra = extra_channels(task, config.latent_channels, cloth_latent)
         if config.source:
-            from unifashion.backbones.diffusion import load_unet, load_vae
+            from unifashion.backbones.diffusion import check_schedule, load_unet, load_vae
 
-            vae = vae if vae is not None else load_vae(config.source)
+            check_schedule(config)
+            vae = vae if vae is not None else load_vae(config.vae_source or config.source)
             latent_scale = float(vae.config.scaling_factor)
-            unet = widen_conv_in(load_unet(config.source), config.latent_channels + in_extra)
+            unet = load_unet(config.source)
+            pretrained_in = int(unet.config.in_channels)
+            layout = resolve_input_layout(config, pretrained_in)
+            blank = task == "text2image" and pretrained_in == 2 * config.latent_channels + 1
+            if blank:  # an inpainting U-Net draws a whole image when everything is masked
+                in_extra = config.latent_channels + 1
+            unet = widen_conv_in(unet, config.latent_channels + in_extra)
         else:
             vae = vae if vae is not None else build_vae(config)
             unet = build_unet(config, in_extra)
-        spec = GeneratorSpec(check_task(task), condition_dim, hw[0], hw[1], float(latent_scale), cloth_latent)
+            layout, blank = "concat", False
+        spec = GeneratorSpec(
+            check_task(task), condition_dim, hw[0], hw[1], float(latent_scale), cloth_latent, layout, blank
+        )
         return cls(config, spec, vae, unet)
 
     @property
@@ -362,8 +420,29 @@ class Generator(nn.Module):
     def predict_noise(
         self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor | None
     ) -> torch.Tensor:
-        x = noisy if extra is None else torch.cat([noisy, extra.to(noisy.dtype)], dim=1)
+        if self.spec.blank_inpaint and extra is None:
+            extra = self.blank_extra(noisy)
+        if extra is not None:
+            extra = arrange_extra(extra.to(noisy.dtype), self.spec.input_layout, self.config.latent_channels)
+        x = noisy if extra is None else torch.cat([noisy, extra], dim=1)
         return self.unet(x, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+
+    @torch.no_grad()
+    def blank_extra(self, noisy: torch.Tensor) -> torch.Tensor:
+        """Inpainting inputs that mask everything: a grey image's latent (the masked image of a
+        full mask) and mask 1 (paint) everywhere, in our order; (B, latent + 1, h, w)."""
+        b, _, h, w = noisy.shape
+        key = (h, w, noisy.device, noisy.dtype)
+        if getattr(self, "_blank", None) is None or self._blank[0] != key:
+            grey = torch.zeros(1, 3, h * self._vae_factor, w * self._vae_factor, device=noisy.device)
+            latent = self.encode_latents(grey.to(next(self.vae.parameters()).dtype)).to(noisy.dtype)
+            self._blank = (key, latent)
+        latent = self._blank[1].expand(b, -1, -1, -1)
+        return torch.cat([latent, torch.ones(b, 1, h, w, device=noisy.device, dtype=noisy.dtype)], dim=1)
+
+    @property
+    def _vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # -- training (Eq. 7) ----------------------------------------------------
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from unifashion.config import QFormerConfig
 from unifashion.utils.distributed import Shard, gather_rows
+from unifashion.utils.errors import BackboneError
 
 UNIMODAL, BIDIRECTIONAL = "unimodal", "bidirectional"
 
@@ -319,8 +320,15 @@ def build_qformer(config: QFormerConfig, vision_dim: int) -> QFormer:
             ("text_proj", "text_projection"),
             ("itm_head", "itm_head"),
         ):
-            if theirs in heads and getattr(model, ours).weight.shape == heads[theirs]["weight"].shape:
-                getattr(model, ours).load_state_dict(heads[theirs])
+            if theirs not in heads:
+                continue
+            shape = tuple(heads[theirs]["weight"].shape)
+            if tuple(getattr(model, ours).weight.shape) != shape:
+                raise BackboneError(
+                    f"qformer.embed_dim: the {theirs} of {config.source} maps {shape[1]} -> {shape[0]}, "
+                    f"the config's {ours} {config.hidden_size} -> {getattr(model, ours).weight.shape[0]}"
+                )
+            getattr(model, ours).load_state_dict(heads[theirs])
     else:
         raise ValueError(f"qformer.init: unknown {config.init!r}")
     return model

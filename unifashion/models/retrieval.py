@@ -38,17 +38,9 @@ class TextInputError(UniFashionError, ValueError):
 
 
 def load_tokenizer_for(config: ModelConfig):
-    if config.qformer.init == "blip2" and config.qformer.source:
-        from transformers import AutoTokenizer
+    from unifashion.backbones.text import load_qformer_tokenizer
 
-        from unifashion.backbones.hub import resolve_source
-
-        return AutoTokenizer.from_pretrained(
-            os.fspath(resolve_source(config.qformer.source, allow_patterns=["*.json", "*.txt"]))
-        )
-    from unifashion.backbones.text import load_tokenizer
-
-    return load_tokenizer()
+    return load_qformer_tokenizer(config.qformer)
 
 
 class RetrievalModel(nn.Module):

@@ -45,8 +45,9 @@ def generate_captions(
     out: list[str] = []
     n = queries.shape[0]
     for start in tqdm(range(0, n, batch_size), desc=f"captions ({style})", disable=not progress, leave=False):
-        with autocast(bf16):
-            out += captioner.generate(queries[start : start + batch_size].float(), style, decoding)
+        device = next(captioner.parameters()).device
+        with autocast(bf16, device):
+            out += captioner.generate(queries[start : start + batch_size].to(device, torch.float32), style, decoding)
     return out
 
 

@@ -31,15 +31,17 @@ def _in_batches(
     bf16: bool,
     empty: torch.Tensor,
     *,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     desc: str | None = None,
 ) -> torch.Tensor:
-    """``fn(start, stop)`` over ``range(n)`` in batches, under autocast, concatenated in ``dtype``."""
+    """``fn(start, stop)`` over ``range(n)`` in batches, under autocast for the model's ``device``,
+    concatenated in ``dtype`` on the CPU."""
     out = []
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        with autocast(bf16):
-            out.append(fn(start, min(n, start + batch_size)).to(dtype))
+        with autocast(bf16, device):
+            out.append(fn(start, min(n, start + batch_size)).to("cpu", dtype))
     return torch.cat(out) if out else empty
 
 
@@ -60,13 +62,15 @@ class QueryTable:
         cls, model: RetrievalModel, table: FeatureTable, batch_size: int = 128, bf16: bool = True, progress: bool = True
     ) -> QueryTable:
         qf = model.qformer.eval()
+        device = qf.query_tokens.device
         empty = torch.zeros(0, qf.num_queries, qf.config.hidden_size, dtype=torch.float16)
         queries = _in_batches(
-            lambda a, b: qf.image_queries(_table_rows(table, a, b)),
+            lambda a, b: qf.image_queries(_table_rows(table, a, b).to(device)),
             table.feats.shape[0],
             batch_size,
             bf16,
             empty,
+            device=device,
             dtype=torch.float16,
             progress=progress,
             desc="Q-Former queries",
@@ -99,13 +103,15 @@ def encode_images(
     model: RetrievalModel, table: FeatureTable, batch_size: int = 128, bf16: bool = True, progress: bool = False
 ) -> EncodedImages:
     qf = model.qformer.eval()
+    device = qf.query_tokens.device
     empty = torch.zeros(0, qf.num_queries, qf.config.embed_dim)
     embeds = _in_batches(
-        lambda a, b: qf.image_embeddings(_table_rows(table, a, b)),
+        lambda a, b: qf.image_embeddings(_table_rows(table, a, b).to(device)),
         table.feats.shape[0],
         batch_size,
         bf16,
         empty,
+        device=device,
         progress=progress,
         desc="image embeddings",
     )
@@ -121,6 +127,7 @@ def encode_texts(model: RetrievalModel, texts: list[str], batch_size: int = 128,
         batch_size,
         bf16,
         torch.zeros(0, qf.config.embed_dim),
+        device=qf.query_tokens.device,
     )
 
 
@@ -129,12 +136,14 @@ def encode_composed(
     model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
 ) -> torch.Tensor:
     qf = model.qformer
+    device = qf.query_tokens.device
     return _in_batches(
-        lambda a, b: qf.composed_embedding(feats[a:b].float(), model.tokenize(texts[a:b])),
+        lambda a, b: qf.composed_embedding(feats[a:b].to(device, torch.float32), model.tokenize(texts[a:b])),
         len(texts),
         batch_size,
         bf16,
         torch.zeros(0, qf.config.embed_dim),
+        device=device,
     )
 
 
@@ -143,11 +152,13 @@ def itm_scores(
     model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
 ) -> np.ndarray:
     """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair."""
+    device = model.qformer.query_tokens.device
     logits = _in_batches(
-        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(texts[a:b])),
+        lambda a, b: model.qformer.itm_logits(feats[a:b].to(device, torch.float32), model.tokenize(texts[a:b])),
         len(texts),
         batch_size,
         bf16,
         torch.zeros(0, 2),
+        device=device,
     )
     return (logits[:, 1] - logits[:, 0]).numpy()

@@ -92,7 +92,7 @@ class Phase1aStage(EpochStage, nn.Module):
         text = self.tokenize(texts)
         ids = torch.tensor(rows, device=device_of(qf))
         lo, hi = shard.bounds(len(rows))
-        with autocast(self.cfg.bf16):
+        with autocast(self.cfg.bf16, ids.device):
             image_embeds = gather_rows(qf.image_embeddings(feats[lo:hi]), shard)  # (B, Q, e)
             text_embeds = gather_rows(qf.text_embedding(text[lo:hi]), shard)  # (B, e)
             loss_itc, sim = itc_loss(image_embeds, text_embeds, qf.temperature(), ids)
@@ -149,7 +149,7 @@ class CaptionStage(EpochStage, nn.Module):
         answers = [pick(items.texts[i][s], generator) for i, s in zip(rows, styles, strict=True)]
         queries = self.table.batch([pick(items.views[i], generator) for i in rows]).to(device_of(self.captioner))
         lo, hi = shard.bounds(len(rows))
-        with autocast(self.cfg.bf16):
+        with autocast(self.cfg.bf16, queries.device):
             total, tokens = self.captioner.itg_token_loss(queries[lo:hi], styles[lo:hi], answers[lo:hi])
         loss = shard_token_mean(total, tokens, shard)
         return {"loss": loss, "itg": loss.detach()}
@@ -229,7 +229,7 @@ class VaeStage(StageBase, nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator, shard: Shard) -> dict[str, torch.Tensor]:
         lo, hi = shard.bounds(x.shape[0])
         x = x.to(device_of(self.vae))
-        with autocast(self.cfg.bf16):
+        with autocast(self.cfg.bf16, x.device):
             posterior = self.vae.encode(x[lo:hi]).latent_dist
             noise = torch.randn((x.shape[0], *posterior.mean.shape[1:]), generator=generator)  # the whole batch's
             z = posterior.mean + posterior.std * noise[lo:hi].to(posterior.mean.device)
@@ -359,7 +359,7 @@ class UNetStage(StageBase, nn.Module):
         latents, states, mask, extra, kind = (
             x.to(device_of(self.trainable)) if torch.is_tensor(x) else x for x in batch
         )
-        with autocast(self.cfg.bf16):
+        with autocast(self.cfg.bf16, latents.device):
             loss = self.generator.q2i_loss(
                 latents,
                 states,

@@ -88,7 +88,7 @@ class Phase2Stage(EpochStage, nn.Module):
         ref, tgt = table.batch(ref_views).to(device_of(qf)), table.batch(tgt_views).to(device_of(qf))
         text, caption = self.tokenize(queries), self.tokenize(captions)
         target_ids = torch.tensor([items.target_ids[i] for i in rows], device=device_of(qf))
-        with autocast(self.cfg.bf16):
+        with autocast(self.cfg.bf16, device_of(qf)):
             losses = cir_loss(
                 qf,
                 ref,
@@ -112,7 +112,7 @@ class Phase2Stage(EpochStage, nn.Module):
         if self.captioner is not None:
             k = shard.bounds(min(self.itg_rows, len(rows)) // shard.world * shard.world)
             sub = slice(*k)
-            with autocast(self.cfg.bf16):
+            with autocast(self.cfg.bf16, device_of(qf)):
                 z_r, _ = qf.joint(ref[sub], text[sub], BIDIRECTIONAL)
                 total_itg, tokens = self.captioner.itg_token_loss(z_r, ["description"] * z_r.shape[0], captions[sub])
             itg = shard_token_mean(total_itg, tokens, shard)
@@ -121,7 +121,7 @@ class Phase2Stage(EpochStage, nn.Module):
         if self.image_head is not None and self.latents is not None:
             n = min(self.q2i_rows, len(rows)) // shard.world * shard.world
             latents = self.latents[[self.latent_of[v] for v in tgt_views[:n]]].to(device_of(qf))
-            with autocast(self.cfg.bf16):
+            with autocast(self.cfg.bf16, device_of(qf)):
                 z_r, _ = qf.joint(ref[:n], text[:n], BIDIRECTIONAL)
                 q2i = self.image_head.q2i_loss(latents, z_r.float(), None, None, self.schedule, generator, shard=shard)
             total = total + self.q2i_weight * q2i

@@ -416,9 +416,9 @@ def _caption_stage(p: Pipeline, model, data, cache, resume: bool) -> dict[str, A
 def _vae_stage(p: Pipeline, model, data, resume: bool) -> dict[str, Any]:
     dcfg, cfg = model.config.diffusion, p.cfg.generation
     if dcfg.source:  # paper: Stable Diffusion's VAE, nothing to train
-        vae = load_vae(dcfg.source).eval()
+        vae = load_vae(dcfg.vae_source or dcfg.source).eval()
         _save_heads(p, vae=vae, training={"generation": to_dict(cfg)})
-        return {"pretrained": dcfg.source}
+        return {"pretrained": dcfg.vae_source or dcfg.source}
     products = list({str(r): r for q in data.products for r in q.images}.values())
     persons = list({str(s.person): s.person for s in data.tryon}.values())
     pools = [load_pixels(products, product_hw(dcfg.image_size)), load_pixels(persons, person_hw(dcfg.image_size))]

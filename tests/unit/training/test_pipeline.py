@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -277,7 +278,7 @@ def _losses(folder: Path, stage: str) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
-# Runs ``unifashion train`` with one point patched to stall (printing "stalled") so the test can
+# Runs ``unifashion train`` with one point patched to stall (printing "@@stalled@@") so the test can
 # SIGKILL it exactly there.
 _STALLING_TRAIN = textwrap.dedent(
     """
@@ -288,7 +289,10 @@ _STALLING_TRAIN = textwrap.dedent(
     point = sys.argv[1]
 
     def stall():
-        print("stalled", flush=True)
+        # One write: under torch.distributed.run (python -u) print() writes the text and the
+        # newline separately, and two ranks stalling at once would interleave them.
+        sys.stdout.write("@@stalled@@\n")
+        sys.stdout.flush()
         time.sleep(600)
 
     if point.startswith("checkpoint of "):  # a checkpoint of this stage complete on disk, mid-stage
@@ -348,13 +352,17 @@ def _train_until(point: str, config: Path, out: Path, resume: bool, processes: i
     errors = out.parent / "stderr.txt"
     with open(errors, "w") as err:  # a file, not a pipe: progress bars would fill a pipe and block
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        # A run that hangs instead of reaching the point is killed, so the test fails instead of waiting.
+        watchdog = threading.Timer(900, _kill_tree, [proc.pid])
+        watchdog.start()
         try:
             lines = iter(proc.stdout.readline, "")
-            reached = any(line.strip() == "stalled" for line in lines)
+            reached = any("@@stalled@@" in line for line in lines)
             assert reached, f"never reached {point!r}: {errors.read_text()[-2000:]}"
             _kill_tree(proc.pid)  # the launcher and every worker it started, at once
             proc.wait(timeout=60)
         finally:
+            watchdog.cancel()
             if proc.poll() is None:
                 _kill_tree(proc.pid)
                 proc.wait(timeout=60)

@@ -1,0 +1,74 @@
+"""``unifashion convert``: checkpoints of other formats -> safetensors folders this package loads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    from unifashion.backbones.convert import convert_weights
+
+    report = convert_weights(args.source, args.out, key=args.key)
+    for item in report["converted"]:
+        print(f"converted {item['file']} ({item['tensors']} tensors)")
+    for item in report["skipped"]:
+        print(f"skipped {item} (a safetensors copy is beside it)")
+    if "note" in report:
+        print(report["note"])
+    print(f"wrote {args.out}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_convert_lavis(args: argparse.Namespace) -> int:
+    from unifashion.backbones.convert import convert_lavis_blip2
+
+    report = convert_lavis_blip2(
+        args.source, args.out, key=args.key, vision_heads=args.vision_heads, qformer_heads=args.qformer_heads
+    )
+    q = report["config"]["qformer_config"]
+    v = report["config"]["vision_config"]
+    print(
+        f"mapped {report['tensors']} tensors: vision {v['num_hidden_layers']} layers of {v['hidden_size']}, "
+        f"Q-Former {q['num_hidden_layers']} layers of {q['hidden_size']}, vocabulary {q['vocab_size']}"
+    )
+    for name, why in sorted(report["not_mapped"].items()):
+        print(f"not mapped: {name}: {why}")
+    print(f"wrote {args.out} (use it as vision.source and qformer.source)")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="convert pickle checkpoints to safetensors (never running their code)")
+    group = p.add_subparsers(dest="convert_command", metavar="FORMAT", required=True)
+    w = group.add_parser(
+        "weights",
+        help="a transformers/diffusers folder or one .bin/.pt/.pth/.ckpt file -> a safetensors folder",
+        description="Every pickle weight file of SOURCE (a folder, subfolders included, or one file) is read "
+        "with torch.load(weights_only=True), which refuses files that need code to load, and written as "
+        "safetensors into OUT; other files are copied. Hub checkpoints that ship only pytorch_model.bin "
+        "(for example Salesforce/blip2-itm-vit-g) load after this step.",
+    )
+    w.add_argument("source", help="folder or file to convert")
+    w.add_argument("out", help="output folder (written atomically; must lie outside SOURCE)")
+    w.add_argument("--key", help="for a single file holding several state dicts: the entry to take")
+    w.add_argument("--json", action="store_true", help="also print what was done as JSON")
+    w.set_defaults(func=cmd_convert_weights)
+    lavis = group.add_parser(
+        "lavis-blip2",
+        help="a LAVIS BLIP-2 checkpoint (blip2_pretrained.pth, ...) -> a transformers BLIP-2 retrieval folder",
+        description="Reads a LAVIS Blip2Qformer checkpoint ({'model': state} or one state dict) with "
+        "torch.load(weights_only=True), renames every tensor to transformers' Blip2ForImageTextRetrieval, "
+        "checks that nothing is missing or left over, and lists the tensors it had no place for.",
+    )
+    lavis.add_argument("source", help="the .pth file")
+    lavis.add_argument("out", help="output folder (config.json + model.safetensors)")
+    lavis.add_argument("--key", help="the entry of the file that holds the state dict (default: found)")
+    lavis.add_argument("--vision-heads", type=int, help="attention heads of the vision tower (BLIP-2's ViT-g: 16)")
+    lavis.add_argument("--qformer-heads", type=int, help="attention heads of the Q-Former (BLIP-2: 12)")
+    lavis.add_argument("--json", action="store_true", help="also print the report as JSON")
+    lavis.set_defaults(func=cmd_convert_lavis)
