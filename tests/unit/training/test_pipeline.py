@@ -291,7 +291,7 @@ _STALLING_TRAIN = textwrap.dedent(
     def stall():
         # One write: under torch.distributed.run (python -u) print() writes the text and the
         # newline separately, and two ranks stalling at once would interleave them.
-        sys.stdout.write("@@stalled@@\n")
+        sys.stdout.write("@@stalled@@\\n")
         sys.stdout.flush()
         time.sleep(600)
 
