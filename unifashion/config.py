@@ -102,6 +102,9 @@ class LLMConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # Precision the frozen LLM is loaded in: "auto" is bfloat16 on a CUDA GPU (a 7B model in
+    # 14 GB instead of 27) and float32 on the CPU; the LoRA weights and the adapter stay float32.
+    load_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Caption length of every command and of ``UniFashion.caption`` unless they are given another.
     max_new_tokens: int = 60
     # tiny_llama only: the random model's size.
@@ -232,6 +235,9 @@ class CaptionTrainingConfig:
     warmup_ratio: float = 0.03  # paper App. D
     seed: int = 0
     bf16: bool = True
+    # Recompute activations in the backward pass instead of storing them (less memory, more
+    # compute; the same gradients): the LLM's layers here
+    gradient_checkpointing: bool = False
     # Caption styles trained, each item drawing one of its product's styles at random.
     styles: tuple[str, ...] = ("title", "description", "attributes")
     log_every: int = 10
@@ -296,6 +302,9 @@ class GenerationTrainingConfig:
     ema_decay: float = 0.999
     seed: int = 0
     bf16: bool = True
+    # Recompute activations in the backward pass instead of storing them (less memory, more
+    # compute; the same gradients): the U-Net's blocks here
+    gradient_checkpointing: bool = False
     log_every: int = 25
     # AdamW's betas and eps, and the rate after the warm-up: "cosine" decay to zero or "constant"
     # (the paper: betas 0.9 / 0.99, cosine for the Q-Former and LLM, constant for the U-Nets).

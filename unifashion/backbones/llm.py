@@ -154,8 +154,16 @@ def build_tiny_llama(config: LLMConfig, vocab_size: int, seed: int = 0):
     return model.eval()
 
 
-def load_llm(config: LLMConfig, dtype: torch.dtype = torch.float32):
-    """``(tokenizer, model)`` for ``config.kind``."""
+def llm_dtype(config: LLMConfig) -> torch.dtype:
+    """The precision of the frozen LLM: ``config.load_dtype``, "auto" being bfloat16 where CUDA is."""
+    if config.load_dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.load_dtype]
+
+
+def load_llm(config: LLMConfig, dtype: torch.dtype | None = None):
+    """``(tokenizer, model)`` for ``config.kind``, in ``dtype`` (default: :func:`llm_dtype`)."""
+    dtype = llm_dtype(config) if dtype is None else dtype
     if config.kind == "smollm2":
         return load_smollm2(dtype)
     if config.kind == "causal_lm":

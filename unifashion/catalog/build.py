@@ -139,10 +139,10 @@ def embed_products(
     return entries, ProductVectors(queries, means, caption_vecs), source
 
 
-def _load_model(model_path: str | os.PathLike):
+def _load_model(model_path: str | os.PathLike, device: str = "cpu"):
     from unifashion.pipelines.unifashion import UniFashion
 
-    return UniFashion.from_pretrained(model_path)
+    return UniFashion.from_pretrained(model_path, device=device)
 
 
 def build_catalog(
@@ -159,9 +159,11 @@ def build_catalog(
     batch_size: int = 64,
     limit: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Catalog:
-    """Embed the products of ``data`` with the model at ``model_path`` into a new version of ``out``."""
-    model = _load_model(model_path)
+    """Embed the products of ``data`` with the model at ``model_path`` (on ``device``) into a new
+    version of ``out``."""
+    model = _load_model(model_path, device)
     products = read_products(data, splits)[:limit]
     entries, vectors, source = embed_products(
         model, products, captions=captions, style=style, batch_size=batch_size, progress=progress
@@ -201,12 +203,13 @@ def add_to_catalog(
     replace: bool = False,
     batch_size: int = 64,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Catalog:
-    """Embed the products of ``data`` with the catalog's model and add them (a new version)."""
+    """Embed the products of ``data`` with the catalog's model (on ``device``) and add them (a new version)."""
     catalog = Catalog.open(catalog_path)
     model_path = model_path or catalog.manifest["model"]["path"]
     check_model(catalog, model_path)
-    model = _load_model(model_path)
+    model = _load_model(model_path, device)
     source = catalog.manifest.get("caption_source") or "none"
     mode, _, style = source.partition(":")  # the same caption source as the rest of the catalog
     entries, vectors, _ = embed_products(

@@ -48,3 +48,11 @@ def tasks_arg(text: str) -> tuple[str, ...]:
     from unifashion.models.generator import check_task
 
     return tuple(check_task(t.strip()) for t in text.split(",") if t.strip())
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N",
+    )

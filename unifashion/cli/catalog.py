@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from unifashion.cli.args import add_device_argument
+
 
 def _splits(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
@@ -26,6 +28,7 @@ def cmd_catalog_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
         progress=not args.quiet,
+        device=args.device,
     )
     print(
         f"{catalog.folder}: {len(catalog)} products ({catalog.version}; indexes "
@@ -45,6 +48,7 @@ def cmd_catalog_add(args: argparse.Namespace) -> int:
         replace=args.replace,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        device=args.device,
     )
     print(f"{catalog.folder}: {len(catalog)} products ({catalog.version})")
     return 0
@@ -82,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_generation_jobs=args.generation_jobs,
         max_queued_jobs=args.queued_jobs,
     )
-    serve(args.model, args.catalog, host=args.host, port=args.port, limits=limits, steps=args.steps)
+    serve(args.model, args.catalog, host=args.host, port=args.port, limits=limits, steps=args.steps, device=args.device)
     return 0
 
 
@@ -121,6 +125,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="only the first N products")
     p.add_argument("--quiet", action="store_true")
+    add_device_argument(p)
     p.set_defaults(func=cmd_catalog_build)
 
     p = csub.add_parser("add", help="embed and add the products of a dataset (a new version)")
@@ -131,6 +136,7 @@ def register(sub) -> None:
     p.add_argument("--replace", action="store_true", help="update products whose id is already there")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
+    add_device_argument(p)
     p.set_defaults(func=cmd_catalog_add)
 
     p = csub.add_parser("remove", help="remove products by id (a new version)")
@@ -153,4 +159,5 @@ def register(sub) -> None:
     p.add_argument("--generation-jobs", type=int, default=1, help="generation / try-on jobs run at once")
     p.add_argument("--queued-jobs", type=int, default=4, help="jobs waiting beyond those (more: 429)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps of generation (default: the head's)")
+    add_device_argument(p)
     p.set_defaults(func=cmd_serve)

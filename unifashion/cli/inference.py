@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from unifashion.cli.args import add_decoding_arguments
+from unifashion.cli.args import add_decoding_arguments, add_device_argument
 from unifashion.utils.errors import UniFashionError
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     from unifashion import UniFashion
 
-    model = UniFashion.from_pretrained(args.model)
+    model = UniFashion.from_pretrained(args.model, device=args.device)
     captions = model.caption(
         args.images,
         args.style,
@@ -73,7 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.text and not args.image:
         raise UniFashionError("generate: give --text, --image, or both")
-    model = UniFashion.from_pretrained(args.model)
+    model = UniFashion.from_pretrained(args.model, device=args.device)
     images = model.generate(text=args.text or None, image=args.image, **_sampling(args))
     for name in _save(images, args.out):
         print(name)
@@ -85,7 +85,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     from unifashion import UniFashion
 
     task = args.command
-    model = UniFashion.from_pretrained(args.model)
+    model = UniFashion.from_pretrained(args.model, device=args.device)
     model.image_head(task)  # a model without the head says which command adds it, before any input is read
     if not Path(args.pose).is_file():
         raise UniFashionError(f"--pose: no such file {args.pose}")
@@ -112,6 +112,7 @@ def register(sub) -> None:
     p = sub.add_parser("caption", help="caption images with a model that has a caption head")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True)
+    add_device_argument(p)
     p.add_argument("--style", default="description", choices=tuple(CAPTION_STYLES))
     add_decoding_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of --decoding sample")
@@ -121,6 +122,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("generate", help="generate a garment image from a text, a reference image, or both")
     p.add_argument("--model", required=True)
+    add_device_argument(p)
     p.add_argument("--text", default=None)
     p.add_argument("--image", default=None, help="reference image (with --text: composed, 'this, but ...')")
     _sampling_args(p)
@@ -132,6 +134,7 @@ def register(sub) -> None:
     ):
         p = sub.add_parser(task, help=helptext)
         p.add_argument("--model", required=True)
+        add_device_argument(p)
         p.add_argument("--person", required=True, help="person image")
         p.add_argument("--mask", required=True, help="region to paint (white), e.g. VITON-HD's agnostic-mask")
         p.add_argument("--pose", required=True, help="keypoints JSON (OpenPose, or Dress Code with --pose-format)")

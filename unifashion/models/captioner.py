@@ -130,6 +130,16 @@ class Captioner(nn.Module):
         llm = get_peft_model(base, lora)  # freezes every base weight
         return cls(config, query_dim, llm, tokenizer, styles)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the LLM's layer activations in the backward pass (training only). Non-reentrant,
+        so gradients reach the soft prompt even though the LLM's own embeddings are frozen."""
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # -- which parameters train ----------------------------------------------
 
     def lora_parameters(self) -> list[nn.Parameter]:

@@ -51,6 +51,7 @@ from unifashion.pipelines import retrieval as retrieval_pipeline
 from unifashion.pipelines.captioning import caption_images
 from unifashion.pipelines.generation import generate_images, inpaint_images, inpaint_inputs, load_image_head
 from unifashion.utils.errors import DataError, UniFashionError
+from unifashion.utils.hardware import resolve_device
 from unifashion.utils.io import atomic_directory, copy_entries
 
 ImageInput = str | os.PathLike | Image.Image | ImageRef
@@ -141,12 +142,26 @@ class UniFashion:
                 )
         self._meta: dict[str, Any] = {}
         self._cache: FeatureCache | None = None
+        self.device = torch.device("cpu")
+        self.to(next(self.retrieval.qformer.parameters()).device)
+
+    def to(self, device: str | torch.device | None) -> UniFashion:
+        """Run on ``device`` ("auto", "cpu", "cuda", "cuda:N"): the loaded parts move now, heads
+        loaded later follow. Inputs are moved to the model's device by every method."""
+        self.device = resolve_device(device)
+        self.retrieval.to(self.device)
+        if self._captioner is not None:
+            self._captioner.to(self.device)
+        for head in self._image_heads.values():
+            head.to(self.device)
+        return self
 
     # -- loading and saving ----------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> UniFashion:
-        """The model in checkpoint folder ``path``; its heads are loaded when first used."""
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device | None = "cpu") -> UniFashion:
+        """The model in checkpoint folder ``path`` on ``device`` ("auto": a CUDA GPU when there is
+        one); its heads are loaded when first used."""
         folder = Path(path)
         if not folder.is_dir():
             raise UniFashionError(f"{folder}: no such checkpoint folder")
@@ -154,7 +169,7 @@ class UniFashion:
         meta = read_checkpoint_config(folder)  # names config.json when it is missing or malformed
         model = cls(RetrievalModel.from_pretrained(folder), source=folder)
         model._meta = meta
-        return model
+        return model.to(device)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the checkpoint folder to ``path`` in one rename (a crash leaves any previous one
@@ -200,7 +215,7 @@ class UniFashion:
                     f"{where}: no caption head ({CAPTION_FOLDER}/); train one with "
                     f"`unifashion train captioning --model {where} --data DATA --out OUT`"
                 )
-            self._captioner = Captioner.from_pretrained(self.source / CAPTION_FOLDER)
+            self._captioner = Captioner.from_pretrained(self.source / CAPTION_FOLDER).to(self.device)
         return self._captioner
 
     def image_head(self, task: str) -> Generator:
@@ -213,7 +228,7 @@ class UniFashion:
                     f"this model: no {task} head; train one with "
                     f"`unifashion train generation --model MODEL --tasks {task} ...`"
                 )
-            self._image_heads[task] = load_image_head(self.source, task)
+            self._image_heads[task] = load_image_head(self.source, task).to(self.device)
         return self._image_heads[task]
 
     @property

@@ -445,14 +445,14 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
         return Response(job.png, media_type="image/png")
 
 
-def load_service(model_path: str | os.PathLike, catalog_path: str | os.PathLike):
-    """The model and catalog of ``unifashion serve``, checked to belong together."""
+def load_service(model_path: str | os.PathLike, catalog_path: str | os.PathLike, device: str = "cpu"):
+    """The model (on ``device``) and catalog of ``unifashion serve``, checked to belong together."""
     from unifashion.catalog.build import check_model
     from unifashion.pipelines.unifashion import UniFashion
 
     catalog = Catalog.open(catalog_path)
     check_model(catalog, model_path)
-    return UniFashion.from_pretrained(model_path), catalog
+    return UniFashion.from_pretrained(model_path, device=device), catalog
 
 
 def serve(
@@ -463,10 +463,14 @@ def serve(
     port: int = 8000,
     limits: Limits | None = None,
     steps: int | None = None,
+    device: str = "cpu",
 ) -> None:
     import uvicorn
 
-    model, catalog = load_service(model_path, catalog_path)
+    model, catalog = load_service(model_path, catalog_path, device)
     app = create_app(model, catalog, limits, steps=steps)
-    print(f"UniFashion: {len(catalog)} products, heads {', '.join(model.heads)}; open http://{host}:{port}/")
+    print(
+        f"UniFashion: {len(catalog)} products, heads {', '.join(model.heads)}, on {model.device}; "
+        f"open http://{host}:{port}/"
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")

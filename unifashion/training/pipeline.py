@@ -406,6 +406,8 @@ def _caption_stage(p: Pipeline, model, data, cache, resume: bool) -> dict[str, A
     seed_everything(cfg.seed + 10)
     llm = phase1.with_lora(model.config.llm, cfg.lora_rank, cfg.lora_alpha)
     captioner = Captioner.build(llm, model.config.qformer.hidden_size)
+    if cfg.gradient_checkpointing:
+        captioner.enable_gradient_checkpointing()
     last = phase1.train_phase1b_captioner(
         captioner, caption_items(data, table, cfg.styles), table, cfg, p.log, runner=p.runner, resume=resume
     )
@@ -448,6 +450,8 @@ def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dic
     head = phase1.head_to_train(
         p.model_dir, task, dcfg, model.config.qformer.hidden_size, hw, vae, float(vae.config.scaling_factor), cfg
     )
+    if cfg.gradient_checkpointing:
+        head.unet.enable_gradient_checkpointing()
     model.eval().qformer.requires_grad_(False)
     progress = p.cfg.run.progress and p.main
     if task == "text2image":

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from unifashion.training.loop import LossLog, adamw, cosine_with_warmup, seed_everything
 from unifashion.utils.distributed import Shard
 from unifashion.utils.errors import ConfigError
+from unifashion.utils.hardware import enable_tf32
 from unifashion.utils.io import atomic_directory, atomic_write_json
 
 STATE_FILE = "state.json"
@@ -136,6 +137,8 @@ def make_accelerator(cpu: bool | None = None):
 
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    if not cpu:
+        enable_tf32()
     # Stages may leave some trainable parameters unused in a step (e.g. ITM on
     # no pairs), which plain DDP treats as an error.
     return Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])

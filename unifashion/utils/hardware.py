@@ -45,3 +45,32 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device: "auto" (or None) is the first CUDA GPU when there is one, else
+    the CPU; "cpu", "cuda" and "cuda:N" are checked to exist here."""
+    from unifashion.utils.errors import ConfigError
+
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r} ({exc})") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {device} asked for, but this machine has no CUDA GPU that torch can use")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {device} asked for, this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif resolved.type != "cpu":
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return resolved
+
+
+def enable_tf32() -> None:
+    """TensorFloat-32 matrix products and convolutions on CUDA (Ampere and later): fp32 training
+    and fp32 parts of mixed precision run on tensor cores, at bf16-like mantissa for the products."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

@@ -171,3 +171,44 @@ def test_top_p_sampling_keeps_the_smallest_set_reaching_p():
     assert set(picks.tolist()) == {0, 1}
     assert (picks == 0).float().mean().item() == pytest.approx(0.625, abs=0.04)
     assert sample_top_p(logits, 0.1, g).tolist() == [0] * 2000  # below the top token's mass: greedy
+
+
+def test_gradient_checkpointing_of_the_llm_gives_the_same_gradients():
+    """captioning.gradient_checkpointing: LoRA and adapter gradients unchanged (dropout off)."""
+    torch.manual_seed(0)
+    c = Captioner.build(replace(tiny().llm, lora_dropout=0.0), QUERY_DIM).train()
+    z = torch.randn(2, 4, QUERY_DIM)
+
+    def grads():
+        c.zero_grad()
+        c.itg_loss(z, ["title", "description"], ["Red dress", "A blue skirt with pleats"]).backward()
+        return {n: p.grad.clone() for n, p in c.named_parameters() if p.grad is not None}
+
+    inner = c.llm.get_base_model().model.layers[0].self_attn  # inside the checkpointed layer
+    calls = []
+    inner.register_forward_hook(lambda *_: calls.append(1))
+    plain = grads()
+    assert len(calls) == 1
+    c.enable_gradient_checkpointing()
+    ckpt = grads()
+    assert len(calls) == 3  # checkpointed: the layer runs again in the backward pass
+    assert plain.keys() == ckpt.keys() and any("lora_" in n for n in plain) and any("adapter" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_frozen_llm_can_be_loaded_in_bfloat16_with_float32_lora():
+    """llm.load_dtype: the frozen base in bf16 (what "auto" picks on a GPU), LoRA and adapter in fp32;
+    the ITG loss trains and decoding runs."""
+    torch.manual_seed(0)
+    c = Captioner.build(replace(tiny().llm, load_dtype="bfloat16"), QUERY_DIM)
+    base = [p for n, p in c.llm.named_parameters() if "lora_" not in n]
+    assert base and all(p.dtype == torch.bfloat16 for p in base)
+    assert all(p.dtype == torch.float32 for p in c.lora_parameters()) and c.lora_parameters()
+    assert all(p.dtype == torch.float32 for p in c.text_adapter.parameters())
+    z = torch.randn(2, 4, QUERY_DIM)
+    c.train()
+    loss = c.itg_loss(z, ["title", "title"], ["Red dress", "Blue skirt"])
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in c.lora_parameters())
+    assert len(c.eval().generate(z, "title", Decoding("greedy", 4))) == 2

@@ -286,3 +286,23 @@ def test_try_on_keeps_the_person_outside_the_mask_and_design_draws(full, tryon_s
         model.try_on(s["person"], 3, mask=s["agnostic_mask"], pose=s["pose"])
     with pytest.raises(UniFashionError, match="no such file"):
         model.try_on(s["person"], s["cloth"], mask=s["agnostic_mask"], pose=s["pose"] + ".missing")
+
+
+def test_the_device_is_chosen_checked_and_followed_by_lazily_loaded_heads(full, monkeypatch):
+    """from_pretrained(device=...): "auto" is the CPU on a machine without CUDA, a GPU asked for where there
+    is none is a clear error, and heads loaded later land on the model's device."""
+    from unifashion.utils.errors import ConfigError
+    from unifashion.utils.hardware import resolve_device
+
+    source = full[2]
+    model = UniFashion.from_pretrained(source, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert model.device.type == expected and model.retrieval.qformer.query_tokens.device.type == expected
+    assert next(model.captioner.parameters()).device.type == expected
+    assert model.image_head("text2image").device.type == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device: cuda asked for, but this machine has no CUDA GPU"):
+        UniFashion.from_pretrained(source, device="cuda")
+    for bad in ("tpu", "gpu0"):
+        with pytest.raises(ConfigError, match="device: expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
