@@ -32,7 +32,7 @@ PRESETS = ("tiny", "mini", "paper")
 
 VisionKind = Literal["tiny_cnn", "efficientnet_lite0", "blip2_vit"]
 LLMKind = Literal["tiny_llama", "smollm2", "causal_lm"]
-ResizeMode = Literal["crop", "pad"]
+ResizeMode = Literal["crop", "pad", "targetpad"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class VisionConfig:
     # ImageNet habit (shorter side to image_size, then centre crop).
     resize_mode: ResizeMode = "pad"
     pad_value: int = 255
+    # "targetpad" only (CLIP4Cir's preprocessing, which SPRC and the official UniFashion code use): an
+    # image longer than ``target_ratio`` : 1 is padded with black to that ratio, then cropped as "crop".
+    target_ratio: float = 1.25
     feature_dim: int = 1600  # C of the patch features (B, N, C)
     # efficientnet_lite0 only: which 7x7 map feeds the Q-Former: "head" (1280-d,
     # after the 1x1 head convolution), "blocks" (320-d, the last block, before
@@ -351,7 +354,7 @@ def paper() -> ModelConfig:
         vision=VisionConfig(
             kind="blip2_vit",
             image_size=224,
-            resize_mode="crop",
+            resize_mode="targetpad",  # the official code's preprocessing (target ratio 1.25)
             feature_dim=1408,
             source="Salesforce/blip2-itm-vit-g",
         ),

@@ -152,3 +152,42 @@ def test_cached_build_rebuilds_only_when_the_source_changes(monkeypatch, tmp_pat
     assert not built and len(calls) == 1
     folder, built = cached_build("thing", {"version": 2}, build)
     assert built and (folder / "weights").read_text() == "2"
+
+
+def test_a_memory_mapped_feature_table_equals_the_in_memory_one_and_is_written_once(tmp_path):
+    """run.feature_memmap: the table is one .npy file (rows written chunk by chunk, renamed into place when
+    complete), read back as a read-only map; a second build with the same images computes nothing."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from unifashion.backbones.feature_cache import FeatureCache, FeatureTable, table_path
+    from unifashion.backbones.vision import load_vision_encoder
+    from unifashion.config import get_preset
+    from unifashion.data.records import ImageRef
+
+    rng = np.random.default_rng(0)
+    refs = []
+    for i in range(7):
+        path = tmp_path / "images" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(path)
+        refs.append(ImageRef(str(path)))
+    encoder = load_vision_encoder(get_preset("tiny").vision)
+    plain = FeatureTable.build(refs + refs[:2], FeatureCache(encoder, root=tmp_path / "a"), progress=False)
+    cache = FeatureCache(encoder, root=tmp_path / "b", memmap=True)
+    import unifashion.backbones.feature_cache as feature_cache
+
+    mapped = FeatureTable.build(refs + refs[:2], cache, progress=False)
+    assert mapped.index == plain.index and torch.equal(mapped.feats, plain.feats)
+    file = table_path(refs, cache)
+    assert file.is_file() and not list(file.parent.glob(".*.tmp"))
+    assert isinstance(np.load(file, mmap_mode="r"), np.memmap)
+    assert torch.equal(mapped.batch([6, 0]), plain.batch([6, 0]))
+    # Written in chunks: the same rows with chunks of 3 images.
+    file.unlink()
+    chunked = feature_cache.memmapped_features(refs, cache, chunk=3)
+    assert torch.equal(chunked, plain.feats)
+    again = FeatureCache(encoder, root=tmp_path / "b", memmap=True)
+    FeatureTable.build(refs, again, progress=False)
+    assert again.hits == 0 and again.misses == 0  # the whole table came from the file

@@ -60,13 +60,22 @@ def _load_image(image: ImageLike) -> Image.Image:
 
 
 class FeatureCache:
-    """Patch features (N, C) per image for one frozen encoder."""
+    """Patch features (N, C) per image for one frozen encoder. With ``memmap``, the tables that
+    training builds from it (:class:`FeatureTable`) are one memory-mapped file each instead of
+    a copy in every process's RAM."""
 
-    def __init__(self, encoder: VisionEncoder, root: str | os.PathLike | None = None, enabled: bool = True):
+    def __init__(
+        self,
+        encoder: VisionEncoder,
+        root: str | os.PathLike | None = None,
+        enabled: bool = True,
+        memmap: bool = False,
+    ):
         self.encoder = encoder
         self.key = encoder_key(encoder)
         self.dir = Path(root) if root else cache_home() / "features" / self.key
         self.enabled = enabled
+        self.memmap = memmap
         self.hits = 0
         self.misses = 0
 
@@ -124,7 +133,11 @@ class FeatureTable:
         unique: dict[str, ImageRef] = {}
         for r in refs:
             unique.setdefault(str(r), r)
-        feats = cache.features(list(unique.values()), progress=progress, desc="frozen image features")
+        images = list(unique.values())
+        if cache.memmap and images:
+            feats = memmapped_features(images, cache, progress=progress)
+        else:
+            feats = cache.features(images, progress=progress, desc="frozen image features")
         return cls({k: i for i, k in enumerate(unique)}, feats)
 
     def rows(self, refs: tuple[ImageRef, ...]) -> list[int]:
@@ -132,3 +145,61 @@ class FeatureTable:
 
     def batch(self, rows: list[int] | torch.Tensor) -> torch.Tensor:
         return self.feats[torch.as_tensor(rows, dtype=torch.long)].float()
+
+
+def _is_writer() -> bool:
+    """The process that writes shared files: rank 0 of a distributed run, or the only process."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def table_path(images: Sequence[ImageLike], cache: FeatureCache) -> Path:
+    """Where the memory-mapped table of ``images`` (in this order) lives for this encoder."""
+    h = hashlib.sha256(cache.key.encode())
+    for image in images:
+        h.update(content_key(image).encode())
+    return cache.dir / "tables" / f"{h.hexdigest()[:24]}.npy"
+
+
+def memmapped_features(
+    images: Sequence[ImageLike], cache: FeatureCache, *, progress: bool = False, chunk: int = 256
+) -> torch.Tensor:
+    """(len(images), N, C) float16 features as a read-only view of one ``.npy`` file, written once
+    (by rank 0 of a distributed run, the others wait) chunk by chunk, never whole in RAM, and
+    renamed into place when complete; every process then maps the same file. A later run with the
+    same images and encoder finds the file and computes nothing."""
+    import warnings
+
+    path = table_path(images, cache)
+    if not path.is_file() and _is_writer():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            array = None
+            for start in tqdm(range(0, len(images), chunk), desc="feature table", disable=not progress, leave=False):
+                part = cache.features(list(images[start : start + chunk])).numpy()
+                if array is None:
+                    shape = (len(images), *part.shape[1:])
+                    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+                array[start : start + len(part)] = part
+            array.flush()
+            del array
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    _barrier()
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.shape[0] != len(images):
+        raise ValueError(f"{path}: holds {array.shape[0]} rows for {len(images)} images (delete it to rebuild)")
+    with warnings.catch_warnings():  # read-only on purpose: rows are copied out by FeatureTable.batch
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)

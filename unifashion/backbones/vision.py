@@ -65,10 +65,28 @@ def load_rgb(image: ImageInput) -> Image.Image:
     return image.convert("RGB")
 
 
-def to_square(image: Image.Image, size: int, mode: str, pad_value: int = 255) -> np.ndarray:
+def target_pad(image: Image.Image, target_ratio: float) -> Image.Image:
+    """``image`` padded with black on both sides of its shorter dimension until its sides are at most
+    ``target_ratio`` : 1 (unchanged when they already are): the long side's content is kept whole
+    after the centre crop that follows, without padding every image to a square."""
+    w, h = image.size
+    longer, shorter = max(w, h), min(w, h)
+    if longer / shorter < target_ratio:
+        return image
+    side = longer / target_ratio
+    pad_w, pad_h = max(int((side - w) / 2), 0), max(int((side - h) / 2), 0)
+    canvas = Image.new("RGB", (w + 2 * pad_w, h + 2 * pad_h), (0, 0, 0))
+    canvas.paste(image, (pad_w, pad_h))
+    return canvas
+
+
+def to_square(image: Image.Image, size: int, mode: str, pad_value: int = 255, target_ratio: float = 1.25) -> np.ndarray:
     """Resize ``image`` to ``size`` x ``size``: ``crop`` scales the shorter side
     to ``size`` and cuts the centre; ``pad`` scales the longer side to ``size``
-    and centres the image on a ``pad_value`` background. Returns uint8 (S, S, 3)."""
+    and centres the image on a ``pad_value`` background; ``targetpad`` pads to at
+    most ``target_ratio`` : 1 with black (:func:`target_pad`), then crops. Returns uint8 (S, S, 3)."""
+    if mode == "targetpad":
+        image, mode = target_pad(image, target_ratio), "crop"
     w, h = image.size
     if mode == "crop":
         scale = size / min(w, h)
@@ -83,7 +101,7 @@ def to_square(image: Image.Image, size: int, mode: str, pad_value: int = 255) ->
         canvas = Image.new("RGB", (size, size), (pad_value,) * 3)
         canvas.paste(image, ((size - nw) // 2, (size - nh) // 2))
         return np.asarray(canvas)
-    raise BackboneError(f"resize_mode: expected 'crop' or 'pad', got {mode!r}")
+    raise BackboneError(f"resize_mode: expected 'crop', 'pad' or 'targetpad', got {mode!r}")
 
 
 class VisionEncoder(nn.Module):
@@ -109,7 +127,10 @@ class VisionEncoder(nn.Module):
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Pixel tensor (B, 3, S, S) ready for ``forward``."""
         arrays = [
-            to_square(load_rgb(im), self.image_size, self.config.resize_mode, self.config.pad_value) for im in images
+            to_square(
+                load_rgb(im), self.image_size, self.config.resize_mode, self.config.pad_value, self.config.target_ratio
+            )
+            for im in images
         ]
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # (B, 3, S, S) in 0..255
         return self.normalize(pixels)

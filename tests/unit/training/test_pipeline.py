@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from unifashion import cli
+from unifashion.backbones.cache import cache_home
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.training.pipeline import load_pipeline_config, train_pipeline
 from unifashion.utils.errors import ConfigError
@@ -485,10 +487,11 @@ def test_two_processes_follow_the_trajectory_of_one(tmp_path, data, heads):
     config = write_config(tmp_path, data, tasks=tasks, checkpoint_every=0, dropout=0.0)
     if "caption" not in heads:
         config.write_text("with_captioning = false\n" + config.read_text())
-    one = subprocess.run(
-        _unifashion("train", "--config", str(config), "--out", str(tmp_path / "one")), capture_output=True, text=True
-    )
-    assert one.returncode == 0, one.stderr[-2000:]
+    # Feature tables memory-mapped: written once by rank 0 of the 2-process run (which goes first,
+    # with no table on disk), mapped by both ranks, then read by the 1-process run.
+    config.write_text(config.read_text().replace("progress = false", "progress = false\nfeature_memmap = true", 1))
+    for tables in (cache_home() / "features").glob("*/tables"):
+        shutil.rmtree(tables)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
         [
@@ -512,6 +515,11 @@ def test_two_processes_follow_the_trajectory_of_one(tmp_path, data, heads):
         env=env,
     )
     assert two.returncode == 0, two.stderr[-3000:]
+    assert list((cache_home() / "features").glob("*/tables/*.npy"))
+    one = subprocess.run(
+        _unifashion("train", "--config", str(config), "--out", str(tmp_path / "one")), capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
     stages = sorted(p.stem.removeprefix("losses_") for p in (tmp_path / "one" / "logs").glob("losses_*.csv"))
     want = {"phase1a", "phase2"} | ({"phase1b_caption"} if "caption" in heads else set())
     want |= {"phase1b_vae", *(f"phase1b_{t}" for t in tasks)} if tasks else set()
