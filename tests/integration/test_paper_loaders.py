@@ -1,6 +1,7 @@
 """The `paper` preset's loading code, on tiny stand-in models saved locally first."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -818,3 +819,205 @@ def test_retrieval_heads_of_another_width_are_refused_not_skipped(real_vocab_fol
     assert torch.equal(model.vision_proj.weight, reference.vision_projection.weight)
     with pytest.raises(BackboneError, match=r"qformer\.embed_dim: the vision_projection .* maps 32 -> 16"):
         build_qformer(dataclasses.replace(_shrunk_paper_qformer(folder), embed_dim=256), 48)
+
+
+# ---------------------------------------------------------------------------
+# LDM checkpoints (Paint-by-Example, StableVITON, Stable Diffusion .ckpt) -> diffusers folders
+#
+# The stand-in is written under CompVis's names, mapped here from diffusers' by hand from the layout
+# of ldm/modules/diffusionmodules/openaimodel.py (input_blocks / middle_block / output_blocks, resnets as
+# in_layers / emb_layers / out_layers / skip_connection) and model.py (encoder.down.i.block.j, mid.block_1,
+# mid.attn_1 with 1x1-conv q/k/v, decoder.up in reverse order, nin_shortcut), independently of the
+# converter, which uses diffusers' own renaming.
+
+
+def unet_to_ldm(state, layers_per_block, n_levels, has_attn_down, has_attn_up):
+    out = {}
+    lpb = layers_per_block
+
+    def resnet(src, dst):
+        for a, b in (
+            ("norm1", "in_layers.0"),
+            ("conv1", "in_layers.2"),
+            ("time_emb_proj", "emb_layers.1"),
+            ("norm2", "out_layers.0"),
+            ("conv2", "out_layers.3"),
+            ("conv_shortcut", "skip_connection"),
+        ):
+            for p in ("weight", "bias"):
+                k = f"{src}.{a}.{p}"
+                if k in state:
+                    out[f"{dst}.{b}.{p}"] = state.pop(k)
+
+    def attention(src, dst):
+        for k in [k for k in state if k.startswith(src + ".")]:
+            out[dst + k[len(src) :]] = state.pop(k)
+
+    for a, b in (
+        ("time_embedding.linear_1", "time_embed.0"),
+        ("time_embedding.linear_2", "time_embed.2"),
+        ("conv_in", "input_blocks.0.0"),
+        ("conv_norm_out", "out.0"),
+        ("conv_out", "out.2"),
+    ):
+        for p in ("weight", "bias"):
+            out[f"{b}.{p}"] = state.pop(f"{a}.{p}")
+    for i in range(n_levels):
+        for j in range(lpb):
+            idx = (lpb + 1) * i + j + 1
+            resnet(f"down_blocks.{i}.resnets.{j}", f"input_blocks.{idx}.0")
+            if has_attn_down[i]:
+                attention(f"down_blocks.{i}.attentions.{j}", f"input_blocks.{idx}.1")
+        if i < n_levels - 1:
+            for p in ("weight", "bias"):
+                out[f"input_blocks.{(lpb + 1) * (i + 1)}.0.op.{p}"] = state.pop(
+                    f"down_blocks.{i}.downsamplers.0.conv.{p}"
+                )
+    resnet("mid_block.resnets.0", "middle_block.0")
+    attention("mid_block.attentions.0", "middle_block.1")
+    resnet("mid_block.resnets.1", "middle_block.2")
+    for i in range(n_levels):
+        for j in range(lpb + 1):
+            idx = (lpb + 1) * i + j
+            resnet(f"up_blocks.{i}.resnets.{j}", f"output_blocks.{idx}.0")
+            if has_attn_up[i]:
+                attention(f"up_blocks.{i}.attentions.{j}", f"output_blocks.{idx}.1")
+        if i < n_levels - 1:
+            slot = 2 if has_attn_up[i] else 1
+            for p in ("weight", "bias"):
+                out[f"output_blocks.{(lpb + 1) * i + lpb}.{slot}.conv.{p}"] = state.pop(
+                    f"up_blocks.{i}.upsamplers.0.conv.{p}"
+                )
+    assert not state, sorted(state)[:10]
+    return out
+
+
+def vae_to_ldm(state, n_levels, layers_per_block):
+    out = {}
+
+    def resnet(src, dst):
+        for a, b in (
+            ("norm1", "norm1"),
+            ("conv1", "conv1"),
+            ("norm2", "norm2"),
+            ("conv2", "conv2"),
+            ("conv_shortcut", "nin_shortcut"),
+        ):
+            for p in ("weight", "bias"):
+                k = f"{src}.{a}.{p}"
+                if k in state:
+                    out[f"{dst}.{b}.{p}"] = state.pop(k)
+
+    def attn(src, dst):
+        for a, b in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            for p in ("weight", "bias"):
+                t = state.pop(f"{src}.{a}.{p}")
+                out[f"{dst}.{b}.{p}"] = t[:, :, None, None] if (p == "weight" and b != "norm") else t
+
+    for part in ("encoder", "decoder"):
+        for a, b in (("conv_in", "conv_in"), ("conv_norm_out", "norm_out"), ("conv_out", "conv_out")):
+            for p in ("weight", "bias"):
+                out[f"{part}.{b}.{p}"] = state.pop(f"{part}.{a}.{p}")
+        resnet(f"{part}.mid_block.resnets.0", f"{part}.mid.block_1")
+        attn(f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1")
+        resnet(f"{part}.mid_block.resnets.1", f"{part}.mid.block_2")
+    for i in range(n_levels):
+        for j in range(layers_per_block):
+            resnet(f"encoder.down_blocks.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}")
+        if i < n_levels - 1:
+            for p in ("weight", "bias"):
+                out[f"encoder.down.{i}.downsample.conv.{p}"] = state.pop(
+                    f"encoder.down_blocks.{i}.downsamplers.0.conv.{p}"
+                )
+    for i in range(n_levels):
+        level = n_levels - 1 - i
+        for j in range(layers_per_block + 1):
+            resnet(f"decoder.up_blocks.{i}.resnets.{j}", f"decoder.up.{level}.block.{j}")
+        if i < n_levels - 1:
+            for p in ("weight", "bias"):
+                out[f"decoder.up.{level}.upsample.conv.{p}"] = state.pop(f"decoder.up_blocks.{i}.upsamplers.0.conv.{p}")
+    for name in ("quant_conv", "post_quant_conv"):
+        for p in ("weight", "bias"):
+            out[f"{name}.{p}"] = state.pop(f"{name}.{p}")
+    assert not state, sorted(state)[:10]
+    return out
+
+
+def _ldm_standin(tmp_path):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+    ).eval()
+    ldm_unet = unet_to_ldm({k: v.clone() for k, v in unet.state_dict().items()}, 1, 2, [True, False], [False, True])
+    ldm_vae = vae_to_ldm({k: v.clone() for k, v in vae.state_dict().items()}, 2, 1)
+    state = {"model.diffusion_model." + k: v for k, v in ldm_unet.items()}
+    state |= {"first_stage_model." + k: v for k, v in ldm_vae.items()}
+    # What a Paint-by-Example checkpoint holds besides: its CLIP image encoder and learned null condition.
+    state |= {"cond_stage_model.final_ln.weight": torch.ones(32), "learnable_vector": torch.randn(1, 1, 32)}
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "unet.json").write_text(json.dumps({**dict(unet.config), "in_channels": 4}))
+    (configs / "vae.json").write_text(json.dumps(dict(vae.config)))
+    (configs / "scheduler.json").write_text(json.dumps(SD14_SCHEDULER))
+    return unet, vae, state, configs
+
+
+def test_an_ldm_checkpoint_converts_to_a_diffusers_folder_that_computes_the_same(tmp_path):
+    """A Lightning-style .ckpt ({"state_dict", "epoch", "global_step"}) with a 9-channel U-Net and a VAE under
+    LDM names: the converted folder loads through diffusion.load_unet / load_vae and gives the originals'
+    outputs; the input channels come from the checkpoint, the rest is named."""
+    from unifashion.backbones.convert import ConvertError, convert_ldm
+    from unifashion.cli import main
+
+    unet, vae, state, configs = _ldm_standin(tmp_path)
+    ckpt = tmp_path / "pbe.ckpt"
+    torch.save({"state_dict": state, "epoch": 3, "global_step": 1000}, ckpt)
+    out = tmp_path / "pbe"
+    args = ["convert", "ldm", str(ckpt), str(out), "--unet-config", str(configs / "unet.json")]
+    args += ["--vae-config", str(configs / "vae.json"), "--scheduler-config", str(configs / "scheduler.json")]
+    assert main([*args, "--pipeline", "PaintByExamplePipeline"]) == 0
+    report = convert_ldm(ckpt, tmp_path / "again", unet_config=configs / "unet.json", vae_config=configs / "vae.json")
+    assert report["in_channels"] == 9 and report["unet"] == len(unet.state_dict())
+    assert report["not_mapped"] == {"cond_stage_model": 1, "learnable_vector": 1}
+    loaded_unet, loaded_vae = diffusion.load_unet(str(out)), diffusion.load_vae(str(out))
+    x, t, cond = torch.randn(1, 9, 8, 8), torch.tensor([50]), torch.randn(1, 3, 32)
+    pixels = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded_unet(x, t, encoder_hidden_states=cond).sample, unet(x, t, cond).sample, atol=1e-5)
+        want = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        got = loaded_vae.decode(loaded_vae.encode(pixels).latent_dist.mean).sample
+        assert torch.allclose(got, want, atol=1e-5)
+    assert diffusion.read_schedule(str(out))["beta_start"] == 0.00085
+    assert diffusion.pipeline_class(str(out)) == "PaintByExamplePipeline"
+    # A U-Net tensor without a place (StableVITON's extra attention would be one) is an error, by name.
+    odd = dict(state)
+    odd["model.diffusion_model.output_blocks.2.1.attn_extra.weight"] = torch.zeros(4)
+    torch.save({"state_dict": odd}, tmp_path / "odd.ckpt")
+    with pytest.raises(ConvertError, match=r"left over \['up_blocks\.1\.attentions\.0\.attn_extra\.weight'\]"):
+        convert_ldm(tmp_path / "odd.ckpt", tmp_path / "x", unet_config=configs / "unet.json")
+    odd = {**state, "model.diffusion_model.extra_proj.weight": torch.zeros(4)}
+    torch.save({"state_dict": odd}, tmp_path / "odd2.ckpt")
+    with pytest.raises(ConvertError, match=r"1 U-Net tensors have no place .*extra_proj"):
+        convert_ldm(tmp_path / "odd2.ckpt", tmp_path / "x", unet_config=configs / "unet.json")
+    # A missing one is named too.
+    short = {k: v for k, v in state.items() if k != "model.diffusion_model.out.2.weight"}
+    torch.save({"state_dict": short}, tmp_path / "short.ckpt")
+    with pytest.raises(ConvertError, match=r"missing \['conv_out.weight'\]"):
+        convert_ldm(tmp_path / "short.ckpt", tmp_path / "y", unet_config=configs / "unet.json")

@@ -344,3 +344,109 @@ def convert_lavis_blip2(
         save_state(state, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return {"source": str(src), "tensors": len(state), "not_mapped": left, "config": config}
+
+
+# ---------------------------------------------------------------------------
+# LDM (CompVis) checkpoints -> diffusers folders: the U-Net under ``model.diffusion_model.`` and
+# the VAE under ``first_stage_model.`` of a Stable Diffusion / Paint-by-Example / StableVITON
+# ``.ckpt``. The renaming is diffusers' own (``diffusers.loaders.single_file_utils``); this wraps
+# it with a strict check and a report of every tensor that found no place.
+
+LDM_UNET_PREFIX = "model.diffusion_model."
+LDM_VAE_PREFIX = "first_stage_model."
+
+
+def _read_config(path: str | os.PathLike, what: str) -> dict:
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: no such {what} config.json") from None
+    except ValueError as exc:
+        raise ConvertError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ConvertError(f"{path}: expected a JSON object")
+    return config
+
+
+def _storage_ids(tensors) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
+def _strict(model_cls, config: dict, state: dict[str, torch.Tensor], where: str):
+    """``model_cls`` built from ``config`` with ``state`` loaded; any difference is an error."""
+    model = model_cls.from_config(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].numel() != expected[k].numel())
+    if missing or extra or wrong:
+        raise ConvertError(
+            f"{where}: does not fill a {model_cls.__name__} of the given config: missing {missing[:5]} "
+            f"({len(missing)}), left over {extra[:5]} ({len(extra)}), wrong size {wrong[:5]} ({len(wrong)})"
+        )
+    model.load_state_dict({k: v.reshape(expected[k].shape) for k, v in state.items()})
+    return model
+
+
+def convert_ldm(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    unet_config: str | os.PathLike,
+    vae_config: str | os.PathLike | None = None,
+    scheduler_config: str | os.PathLike | None = None,
+    pipeline: str | None = None,
+    key: str | None = None,
+) -> dict:
+    """An LDM checkpoint -> a diffusers folder (``unet/``, ``vae/`` when the file has one and
+    ``vae_config`` is given, ``scheduler/`` and ``model_index.json`` when asked). The U-Net's input
+    channels are read from the checkpoint (9 for Paint-by-Example, 13 for StableVITON's try-on
+    U-Net). Returns ``{"unet": n, "vae": n, "not_mapped": {prefix or name: count}}``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    src = Path(src)
+    state = read_state(src, key)
+    conv_in = state.get(LDM_UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is None:
+        raise ConvertError(f"{src}: no {LDM_UNET_PREFIX}input_blocks.0.0.weight (not an LDM U-Net checkpoint)")
+    ucfg = _read_config(unet_config, "U-Net")
+    ucfg["in_channels"] = int(conv_in.shape[1])
+    # diffusers' renaming passes the checkpoint's own tensors through (views where it reshapes), so
+    # the storages it returns tell which tensors of the file found a place.
+    unet_state = convert_ldm_unet_checkpoint(state, ucfg)
+    used = _storage_ids(unet_state.values())
+    unet = _strict(UNet2DConditionModel, ucfg, unet_state, f"{src} (U-Net)")
+    report: dict = {"source": str(src), "unet": len(unet_state), "in_channels": ucfg["in_channels"]}
+    vae = None
+    if any(k.startswith(LDM_VAE_PREFIX) for k in state) and vae_config is not None:
+        vcfg = _read_config(vae_config, "VAE")
+        vae_state = convert_ldm_vae_checkpoint(state, vcfg)
+        used |= _storage_ids(vae_state.values())
+        vae = _strict(AutoencoderKL, vcfg, vae_state, f"{src} (VAE)")
+        report["vae"] = len(vae_state)
+    not_mapped: dict[str, list[str]] = {}
+    for name, tensor in state.items():
+        if tensor.untyped_storage().data_ptr() not in used:
+            group = LDM_UNET_PREFIX if name.startswith(LDM_UNET_PREFIX) else name.split(".", 1)[0]
+            not_mapped.setdefault(group, []).append(name)
+    # Inside the U-Net every tensor must find its place (StableVITON's extra attention would not).
+    if LDM_UNET_PREFIX in not_mapped:
+        names = not_mapped[LDM_UNET_PREFIX]
+        raise ConvertError(
+            f"{src}: {len(names)} U-Net tensors have no place in a UNet2DConditionModel ({names[:5]}); "
+            "this U-Net is not a Stable Diffusion one"
+        )
+    report["not_mapped"] = {group: len(names) for group, names in not_mapped.items()}
+    with atomic_directory(out) as tmp:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        if vae is not None:
+            vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        if scheduler_config is not None:
+            (tmp / "scheduler").mkdir()
+            schedule = _read_config(scheduler_config, "scheduler")
+            (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(schedule, indent=2) + "\n")
+        if pipeline:
+            (tmp / "model_index.json").write_text(json.dumps({"_class_name": pipeline}, indent=2) + "\n")
+    return report

@@ -42,6 +42,29 @@ def cmd_convert_lavis(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_ldm(args: argparse.Namespace) -> int:
+    from unifashion.backbones.convert import convert_ldm
+
+    report = convert_ldm(
+        args.source,
+        args.out,
+        unet_config=args.unet_config,
+        vae_config=args.vae_config,
+        scheduler_config=args.scheduler_config,
+        pipeline=args.pipeline,
+        key=args.key,
+    )
+    print(f"U-Net: {report['unet']} tensors, {report['in_channels']} input channels")
+    if "vae" in report:
+        print(f"VAE: {report['vae']} tensors")
+    for group, count in sorted(report["not_mapped"].items()):
+        print(f"not mapped: {group}* ({count} tensors)")
+    print(f"wrote {args.out} (use it as diffusion.source)")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("convert", help="convert pickle checkpoints to safetensors (never running their code)")
     group = p.add_subparsers(dest="convert_command", metavar="FORMAT", required=True)
@@ -72,3 +95,25 @@ def register(sub) -> None:
     lavis.add_argument("--qformer-heads", type=int, help="attention heads of the Q-Former (BLIP-2: 12)")
     lavis.add_argument("--json", action="store_true", help="also print the report as JSON")
     lavis.set_defaults(func=cmd_convert_lavis)
+    ldm = group.add_parser(
+        "ldm",
+        help="an LDM .ckpt (Stable Diffusion, Paint-by-Example, ...) -> a diffusers folder (unet/, vae/)",
+        description="Reads the checkpoint with torch.load(weights_only=True), renames the U-Net "
+        "(model.diffusion_model.*) and the VAE (first_stage_model.*) with diffusers' LDM conversion, "
+        "checks both against the given diffusers configs (nothing missing, nothing left over), takes "
+        "the U-Net's input channels from the checkpoint, and lists the tensors outside both (the "
+        "conditioning encoder, ControlNet branches, ...).",
+    )
+    ldm.add_argument("source", help="the .ckpt / .pth file")
+    ldm.add_argument("out", help="output folder")
+    ldm.add_argument("--unet-config", required=True, help="a diffusers U-Net config.json of the same architecture")
+    ldm.add_argument("--vae-config", help="a diffusers VAE config.json (to convert the VAE too)")
+    ldm.add_argument("--scheduler-config", help="a scheduler_config.json to put beside them")
+    ldm.add_argument(
+        "--pipeline",
+        help="model_index.json's _class_name, e.g. PaintByExamplePipeline (tells diffusion.input_layout "
+        "'auto' how the U-Net reads its channels)",
+    )
+    ldm.add_argument("--key", help="the entry of the file that holds the state dict (default: found)")
+    ldm.add_argument("--json", action="store_true", help="also print the report as JSON")
+    ldm.set_defaults(func=cmd_convert_ldm)
