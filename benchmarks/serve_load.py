@@ -1,12 +1,17 @@
 """Concurrent load on ``unifashion serve`` over loopback.
 
     python benchmarks/serve_load.py --model MODEL --catalog CATALOG [--clients 16] [--seconds 30]
+    python benchmarks/serve_load.py --model MODEL --catalog CATALOG --clients 1,4,16,64 \
+        --compare-batching --seconds 20 --no-generation-round
 
 Starts the server in its own process, then ``--clients`` threads each send composed searches
 (a catalog product's image + a modification text) back to back for ``--seconds``. A second
 round repeats it while one more client keeps a generation job running the whole time, to see
 what generation costs search. Prints JSON per round: requests, throughput, p50 / p99 latency,
-and errors (any non-200 answer or failed connection).
+and errors (any non-200 answer or failed connection). ``--clients`` takes a comma-separated
+list (one round each). ``--compare-batching`` runs every round twice in the same run, against a
+server with dynamic batching off (``--batch-size 1``) and one with it on (``--batch-size``, 16 by
+default), and prints their throughput ratio and p99 latencies side by side.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, catalog: str, port: int) -> subprocess.Popen:
+def start_server(model: str, catalog: str, port: int, batch_size: int = 16) -> subprocess.Popen:
+    command = [sys.executable, "-m", "unifashion", "serve", "--model", model, "--catalog", catalog]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "unifashion", "serve", "--model", model, "--catalog", catalog, "--port", str(port)],
+        [*command, "--port", str(port), "--batch-size", str(batch_size), "--device", "cpu"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -123,33 +129,54 @@ def load_round(url: str, images: list[bytes], clients: int, seconds: float, with
     return out
 
 
+def run_server_rounds(args, images, batch_size: int, clients: list[int]) -> dict:
+    port = free_port()
+    proc = start_server(args.model, args.catalog, port, batch_size)
+    url = f"http://127.0.0.1:{port}"
+    rounds: dict = {}
+    try:
+        for n in clients:
+            rounds[str(n)] = {"search_only": load_round(url, images, n, args.seconds, False)}
+            print(json.dumps({"batch_size": batch_size, **rounds[str(n)]["search_only"]}), flush=True)
+            if not args.no_generation_round:
+                rounds[str(n)]["search_with_generation"] = load_round(url, images, n, args.seconds, True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--catalog", required=True)
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", default="16", help="clients of each round, comma-separated (e.g. 1,4,16,64)")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--no-generation-round", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=16, help="the server's --batch-size")
+    parser.add_argument("--compare-batching", action="store_true", help="also run every round with --batch-size 1")
     args = parser.parse_args()
     from unifashion.catalog.store import Catalog
 
+    clients = [int(c) for c in args.clients.split(",") if c.strip()]
     cat = Catalog.open(args.catalog)
     images = [cat.image(pid)[0] for pid in cat.ids[:64]]
-    port = free_port()
-    proc = start_server(args.model, args.catalog, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        result = {
-            "products": len(cat),
-            "cpu_cores": os.cpu_count(),
-            "search_only": load_round(url, images, args.clients, args.seconds, False),
+    result: dict = {"products": len(cat), "cpu_cores": os.cpu_count(), "seconds_per_round": args.seconds}
+    settings = [1, args.batch_size] if args.compare_batching else [args.batch_size]
+    for batch_size in settings:
+        result[f"batch_size_{batch_size}"] = run_server_rounds(args, images, batch_size, clients)
+    if args.compare_batching:
+        off, on = result["batch_size_1"], result[f"batch_size_{args.batch_size}"]
+        result["comparison"] = {
+            n: {
+                "throughput_ratio": round(
+                    on[n]["search_only"]["throughput_rps"] / max(off[n]["search_only"]["throughput_rps"], 1e-9), 2
+                ),
+                "p50_ms_off_on": [off[n]["search_only"]["p50_ms"], on[n]["search_only"]["p50_ms"]],
+                "p99_ms_off_on": [off[n]["search_only"]["p99_ms"], on[n]["search_only"]["p99_ms"]],
+            }
+            for n in map(str, clients)
         }
-        print(json.dumps(result["search_only"]), flush=True)
-        if not args.no_generation_round:
-            result["search_with_generation"] = load_round(url, images, args.clients, args.seconds, True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     print(json.dumps(result, indent=2))
 
 

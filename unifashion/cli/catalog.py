@@ -85,6 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_text_chars=args.max_text_chars,
         max_generation_jobs=args.generation_jobs,
         max_queued_jobs=args.queued_jobs,
+        max_batch=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
     )
     serve(args.model, args.catalog, host=args.host, port=args.port, limits=limits, steps=args.steps, device=args.device)
     return 0
@@ -159,5 +161,11 @@ def register(sub) -> None:
     p.add_argument("--generation-jobs", type=int, default=1, help="generation / try-on jobs run at once")
     p.add_argument("--queued-jobs", type=int, default=4, help="jobs waiting beyond those (more: 429)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps of generation (default: the head's)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="search encodings per batched model pass (1: no batching)"
+    )
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests after its first"
+    )
     add_device_argument(p)
     p.set_defaults(func=cmd_serve)

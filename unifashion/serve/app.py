@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unifashion.catalog.build import mean_vectors
 from unifashion.catalog.store import Catalog, Hit
+from unifashion.serve.batching import Batcher
 from unifashion.serve.inputs import InputError, Limits, clean_text, read_image
 from unifashion.serve.jobs import JobQueue, QueueFull
 from unifashion.utils.errors import UniFashionError
@@ -77,6 +78,18 @@ class Service:
         self.limits = limits
         self.steps = steps
         self.search_lock = threading.Lock()  # one model pass at a time (search and captions)
+        self.batcher = Batcher(
+            {
+                "text": lambda texts: model.encode_texts(texts).float().numpy(),
+                "image": lambda images: model.encode_images(images).float().numpy(),
+                "composed": lambda pairs: (
+                    model.encode_composed([p for p, _ in pairs], [t for _, t in pairs]).float().numpy()
+                ),
+            },
+            self.search_lock,
+            max_batch=limits.max_batch,
+            wait_ms=limits.batch_wait_ms,
+        )
         self.jobs = JobQueue(limits.max_generation_jobs, limits.max_queued_jobs)
         # Uploads are one-off images: keep them out of the on-disk feature cache.
         model.feature_cache.enabled = False
@@ -165,6 +178,7 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
     async def lifespan(_: FastAPI):
         yield
         svc.jobs.shutdown()
+        svc.batcher.close()
 
     app = FastAPI(
         title="UniFashion",
@@ -252,7 +266,7 @@ def _add_catalog_routes(app: FastAPI, svc: Service) -> None:
 
 
 def _add_search_routes(app: FastAPI, svc: Service) -> None:
-    """Text, image and composed search: one model pass under the service's lock, then the catalog."""
+    """Text, image and composed search: the encoding in a batched model pass (``Batcher``), then the catalog."""
     limits = svc.limits
 
     @app.post("/api/search/text")
@@ -260,8 +274,7 @@ def _add_search_routes(app: FastAPI, svc: Service) -> None:
         start = time.perf_counter()
         text = clean_text(body.text, "text", limits)
         k, category = svc.check_k(body.k), svc.check_category(body.category)
-        with svc.search_lock:
-            vec = svc.model.encode_texts([text])[0].float().numpy()
+        vec = svc.batcher.encode("text", text)
         return svc.search(
             "text",
             vec,
@@ -282,9 +295,8 @@ def _add_search_routes(app: FastAPI, svc: Service) -> None:
         start = time.perf_counter()
         k, category = svc.check_k(k), svc.check_category(category)
         pil = _read_upload(image, "image", limits)
-        with svc.search_lock:
-            queries = svc.model.encode_images([pil]).float().numpy()  # (1, Q, e)
-        vec = mean_vectors(queries)[0]
+        queries = svc.batcher.encode("image", pil)  # (Q, e)
+        vec = mean_vectors(queries[None])[0]
         return svc.search(
             "image",
             vec,
@@ -310,8 +322,7 @@ def _add_search_routes(app: FastAPI, svc: Service) -> None:
             raise InputError(422, "text", "text: missing (the modification to apply to the reference image)")
         text = clean_text(text, "text", limits)
         pil = _read_upload(image, "image", limits)
-        with svc.search_lock:
-            vec = svc.model.encode_composed([pil], [text])[0].float().numpy()
+        vec = svc.batcher.encode("composed", (pil, text))
         return svc.search(
             "composed",
             vec,

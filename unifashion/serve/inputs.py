@@ -31,6 +31,10 @@ class Limits:
     max_generation_jobs: int = 1  # running at once
     max_queued_jobs: int = 4  # waiting beyond those; more is answered 429
     max_pose_bytes: int = 256 * 1024
+    # Dynamic batching of search encodings: at most this many requests per model pass (1: off),
+    # collected for at most this long after the first one arrives.
+    max_batch: int = 16
+    batch_wait_ms: float = 5.0
 
 
 class InputError(Exception):

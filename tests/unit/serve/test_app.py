@@ -464,3 +464,45 @@ def test_a_catalog_of_another_model_is_refused(shop, tmp_path):
     with pytest.raises(CatalogError, match="another model"):
         load_service(other, shop.catalog)
     assert len(Catalog.open(shop.catalog)) == 48
+
+
+def test_concurrent_searches_are_batched_and_answer_as_one_at_a_time(served, products):
+    """16 composed and text searches at once: fewer model passes than requests, and every answer equals
+    the one the same request gets alone."""
+    import threading
+
+    client, _, catalog = served
+    svc = client.app.state.service
+    pids = catalog.ids[:8]
+    texts = ["is red", "has long sleeves", "is shorter and blue", "is black"]
+
+    def composed(i):
+        pid = pids[i % len(pids)]
+        return client.post(
+            "/api/search/composed",
+            files={"image": ("r.png", _image_file(products, pid), "image/png")},
+            data={"text": texts[i % len(texts)], "k": "5"},
+        )
+
+    def text(i):
+        return client.post("/api/search/text", json={"text": f"a {texts[i % len(texts)][3:]} dress", "k": 5})
+
+    calls = [composed] * 10 + [text] * 6
+    alone = [[x["id"] for x in call(i).json()["results"]] for i, call in enumerate(calls)]
+    before = (svc.batcher.stats.passes, svc.batcher.stats.requests)
+    answers = [None] * len(calls)
+    go = threading.Barrier(len(calls))
+
+    def run(i):
+        go.wait()
+        answers[i] = calls[i](i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
+    assert [[x["id"] for x in r.json()["results"]] for r in answers] == alone
+    passes = svc.batcher.stats.passes - before[0]
+    assert svc.batcher.stats.requests - before[1] == len(calls) and passes < len(calls)
