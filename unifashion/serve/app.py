@@ -2,7 +2,7 @@
 
     unifashion serve --model MODEL --catalog CATALOG [--host 127.0.0.1 --port 8000]
     open http://127.0.0.1:8000/            the web page
-         http://127.0.0.1:8000/openapi.json the API schema (/docs when the browser is online)
+         http://127.0.0.1:8000/openapi.json the API schema; /docs its Swagger UI (served from local files)
 
 Endpoints (all JSON unless said):
     GET  /api/health                       model heads, catalog size and version, pending jobs
@@ -17,8 +17,9 @@ Endpoints (all JSON unless said):
     GET  /api/products/{id}                metadata; /api/products/{id}/image: the product image
 
 Every refusal is ``{"error": {"status", "field", "message"}}`` with a 4xx status naming the
-field (see ``serve/inputs.py`` for the limits). Search calls share one lock (one model pass at a
-time keeps 2 cores busy without thrashing); generation runs in its own bounded job queue.
+field (see ``serve/inputs.py`` for the limits). Search encodings are batched (``serve/batching.py``)
+and share one lock with captions (one model pass at a time keeps 2 cores busy without thrashing);
+generation runs in its own bounded job queue.
 """
 
 from __future__ import annotations
@@ -185,9 +186,12 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         version="0.1.0",
         lifespan=lifespan,
         description="Fashion search (text, image, composed), captions and generation over a product catalog.",
+        docs_url=None,  # served below from the swagger-ui-bundle package, not from a CDN
+        redoc_url=None,
     )
     app.state.service = svc
 
+    _add_docs_routes(app)
     _add_error_handlers(app, limits)
     _add_catalog_routes(app, svc)
     _add_search_routes(app, svc)
@@ -229,6 +233,26 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
         if length and length.isdigit() and int(length) > 4 * limits.max_upload_bytes + 65536:
             return _error(413, None, f"request body of {int(length):,} bytes; at most {4 * limits.max_upload_bytes:,}")
         return await call_next(request)
+
+
+def _add_docs_routes(app: FastAPI) -> None:
+    """/docs: Swagger UI over /openapi.json, its scripts and styles from the installed swagger-ui-bundle
+    package, so the page works on a machine without internet."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="UniFashion API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
 
 def _add_catalog_routes(app: FastAPI, svc: Service) -> None:

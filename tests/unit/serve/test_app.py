@@ -506,3 +506,18 @@ def test_concurrent_searches_are_batched_and_answer_as_one_at_a_time(served, pro
     assert [[x["id"] for x in r.json()["results"]] for r in answers] == alone
     passes = svc.batcher.stats.passes - before[0]
     assert svc.batcher.stats.requests - before[1] == len(calls) and passes < len(calls)
+
+
+def test_docs_are_served_from_local_files(served):
+    """/docs needs no internet: its Swagger UI scripts and styles come from the server itself."""
+    client, _, _ = served
+    page = client.get("/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    html = page.text
+    assert "/docs/assets/swagger-ui-bundle.js" in html and "/docs/assets/swagger-ui.css" in html
+    assert "cdn" not in html.lower() and "https://" not in html
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert len(script.content) > 100_000 and b"SwaggerUIBundle" in script.content
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN: not offered

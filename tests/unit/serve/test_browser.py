@@ -122,3 +122,17 @@ def test_search_upload_and_generate_in_the_page(browser, server, shop):
     _wait(browser, lambda d: d.find_element(By.ID, "gen-image").is_displayed(), timeout=120)
     assert browser.execute_script("return document.getElementById('gen-image').naturalWidth") > 0
     assert "done" in browser.find_element(By.ID, "gen-status").text
+
+
+def test_the_api_docs_render_from_local_files(browser, server):
+    """/docs in the browser lists the API's operations with every https request blocked (a CDN copy of
+    Swagger UI could not load): its script and styles came from the server."""
+    from selenium.webdriver.common.by import By
+
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["https://*"]})
+    browser.get(server + "/docs")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 5)
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/api/search/text", "/api/search/composed", "/api/health"} <= paths
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
