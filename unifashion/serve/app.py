@@ -47,6 +47,7 @@ from unifashion.catalog.store import Catalog, Hit
 from unifashion.serve.batching import Batcher
 from unifashion.serve.inputs import InputError, Limits, clean_text, read_image
 from unifashion.serve.jobs import JobQueue, QueueFull
+from unifashion.serve.metrics import PROMETHEUS_CONTENT_TYPE, Metrics, log_request, route_of
 from unifashion.utils.errors import UniFashionError
 
 __all__ = ["Limits", "create_app", "serve"]
@@ -79,6 +80,8 @@ class Service:
         self.limits = limits
         self.steps = steps
         self.search_lock = threading.Lock()  # one model pass at a time (search and captions)
+        self.jobs = JobQueue(limits.max_generation_jobs, limits.max_queued_jobs)
+        self.metrics = Metrics(lambda: self.batcher.waiting, self.jobs.states)
         self.batcher = Batcher(
             {
                 "text": lambda texts: model.encode_texts(texts).float().numpy(),
@@ -90,8 +93,8 @@ class Service:
             self.search_lock,
             max_batch=limits.max_batch,
             wait_ms=limits.batch_wait_ms,
+            on_pass=self.metrics.observe_pass,
         )
-        self.jobs = JobQueue(limits.max_generation_jobs, limits.max_queued_jobs)
         # Uploads are one-off images: keep them out of the on-disk feature cache.
         model.feature_cache.enabled = False
 
@@ -193,6 +196,7 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
 
     _add_docs_routes(app)
     _add_error_handlers(app, limits)
+    _add_metrics(app, svc)
     _add_catalog_routes(app, svc)
     _add_search_routes(app, svc)
     _add_caption_and_image_routes(app, svc)
@@ -233,6 +237,29 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
         if length and length.isdigit() and int(length) > 4 * limits.max_upload_bytes + 65536:
             return _error(413, None, f"request body of {int(length):,} bytes; at most {4 * limits.max_upload_bytes:,}")
         return await call_next(request)
+
+
+def _add_metrics(app: FastAPI, svc: Service) -> None:
+    """/metrics, and every request (refusals included) counted, timed and logged as one JSON line."""
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            seconds = time.perf_counter() - start
+            route = route_of(request.scope)
+            svc.metrics.observe_request(request.method, route, status, seconds)
+            client = request.client.host if request.client else None
+            log_request(request.method, request.url.path, route, status, seconds, client)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(svc.metrics.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
 
 
 def _add_docs_routes(app: FastAPI) -> None:
@@ -504,6 +531,14 @@ def serve(
 
     model, catalog = load_service(model_path, catalog_path, device)
     app = create_app(model, catalog, limits, steps=steps)
+    import logging
+    import sys
+
+    access = logging.getLogger("unifashion.serve.access")  # one JSON line per request, on stderr
+    if not access.handlers:
+        access.addHandler(logging.StreamHandler(sys.stderr))
+    access.setLevel(logging.INFO)
+    access.propagate = False
     print(
         f"UniFashion: {len(catalog)} products, heads {', '.join(model.heads)}, on {model.device}; "
         f"open http://{host}:{port}/"

@@ -59,6 +59,7 @@ class Batcher:
         *,
         max_batch: int = 16,
         wait_ms: float = 5.0,
+        on_pass: Callable[[str, int], None] | None = None,
     ):
         if max_batch < 1:
             raise ConfigError(f"batch size: expected at least 1 (1: no batching), got {max_batch}")
@@ -69,6 +70,7 @@ class Batcher:
         self.max_batch = max_batch
         self.wait = wait_ms / 1000
         self.stats = BatchStats()
+        self.on_pass = on_pass  # called with (kind, batch size) after every successful model pass
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="search-batcher", daemon=True)
         self._worker.start()
@@ -131,5 +133,7 @@ class Batcher:
                     self._encode(kind, [request])
             return
         self.stats.record(len(group))
+        if self.on_pass is not None:
+            self.on_pass(kind, len(group))
         for i, request in enumerate(group):
             request.future.set_result(rows[i])

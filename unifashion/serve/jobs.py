@@ -97,6 +97,14 @@ class JobQueue:
             job.status = "failed"
         job.seconds = round(time.perf_counter() - start, 3)
 
+    def states(self) -> dict[str, int]:
+        """How many of the kept jobs are in each state (queued, running, done, failed)."""
+        counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
+        with self._lock:
+            for job in self._jobs.values():
+                counts[job.status] = counts.get(job.status, 0) + 1
+        return counts
+
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             return self._jobs.get(job_id)

@@ -521,3 +521,58 @@ def test_docs_are_served_from_local_files(served):
     assert len(script.content) > 100_000 and b"SwaggerUIBundle" in script.content
     assert client.get("/docs/assets/swagger-ui.css").status_code == 200
     assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN: not offered
+
+
+def test_metrics_count_time_and_label_every_request_and_log_it_as_json(served, caplog):
+    """/metrics (Prometheus text): requests by route template and status, latency histograms, batch sizes,
+    the search queue depth and job states; each request is one JSON line in the access log."""
+    import logging
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _, catalog = served
+
+    def scrape():
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        return families
+
+    def count(families, route, status):
+        return sum(
+            s.value
+            for s in families["unifashion_requests"].samples
+            if s.name == "unifashion_requests_total"
+            and s.labels["route"] == route
+            and s.labels["status"] == str(status)
+        )
+
+    before = scrape()
+    with caplog.at_level(logging.INFO, logger="unifashion.serve.access"):
+        assert client.post("/api/search/text", json={"text": "a red dress", "k": 3}).status_code == 200
+        assert client.get("/api/products/no-such-id").status_code == 404
+        assert client.get(f"/api/products/{catalog.ids[0]}").status_code == 200
+        assert client.post("/api/search/text", json={"text": "", "k": 3}).status_code == 422
+    after = scrape()
+    assert count(after, "/api/search/text", 200) == count(before, "/api/search/text", 200) + 1
+    assert count(after, "/api/search/text", 422) == count(before, "/api/search/text", 422) + 1
+    # One series per route template, not per product id.
+    products = "/api/products/{product_id}"
+    assert count(after, products, 404) == count(before, products, 404) + 1
+    assert count(after, products, 200) == count(before, products, 200) + 1
+    latency = {s.name for s in after["unifashion_request_seconds"].samples}
+    assert {"unifashion_request_seconds_bucket", "unifashion_request_seconds_count"} <= latency
+    batches = [
+        s
+        for s in after["unifashion_search_batch_size"].samples
+        if s.name.endswith("_count") and s.labels["kind"] == "text"
+    ]
+    assert batches and batches[0].value >= 1
+    assert after["unifashion_search_queue_depth"].samples[0].value == 0
+    assert {s.labels["state"] for s in after["unifashion_jobs"].samples} >= {"queued", "running", "done", "failed"}
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "unifashion.serve.access"]
+    assert [(x["method"], x["route"], x["status"]) for x in lines] == [
+        ("POST", "/api/search/text", 200),
+        ("GET", products, 404),
+        ("GET", products, 200),
+        ("POST", "/api/search/text", 422),
+    ]
+    assert all(x["ms"] >= 0 and x["path"].startswith("/api/") for x in lines)
