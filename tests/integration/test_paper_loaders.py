@@ -13,16 +13,15 @@ from unifashion.utils.errors import BackboneError, ConfigError
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def blip2_folder(tmp_path_factory):
-    """A tiny Blip2ForImageTextRetrieval, saved as a BLIP-2 checkpoint folder."""
+def _blip2_standin(*, vocab_size: int, max_positions: int, frequency: int, vision_layers: int, seed: int):
+    """A tiny Blip2ForImageTextRetrieval (ViT 48 wide, Q-Former 32 wide, 4 queries, ITC width 16)."""
     from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
     cfg = Blip2Config(
         vision_config=dict(
             hidden_size=48,
             intermediate_size=96,
-            num_hidden_layers=2,
+            num_hidden_layers=vision_layers,
             num_attention_heads=4,
             image_size=32,
             patch_size=8,
@@ -32,17 +31,30 @@ def blip2_folder(tmp_path_factory):
             num_hidden_layers=2,
             num_attention_heads=4,
             intermediate_size=64,
-            vocab_size=100,
-            max_position_embeddings=64,
-            cross_attention_frequency=1,
+            vocab_size=vocab_size,
+            max_position_embeddings=max_positions,
+            cross_attention_frequency=frequency,
             encoder_hidden_size=48,
             use_qformer_text_input=True,
         ),
         num_query_tokens=4,
         image_text_hidden_size=16,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Blip2ForImageTextRetrieval(cfg).eval()
+    # BLIP-2's vision config initialises its linear layers at std 1e-10, which would make every
+    # attention and MLP block of the stand-in a no-op: give the vision tower weights that matter.
+    with torch.no_grad():
+        for name, p in model.vision_model.named_parameters():
+            is_norm_scale = "norm" in name and name.endswith("weight")
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if is_norm_scale else 0.0))
+    return model
+
+
+@pytest.fixture(scope="module")
+def blip2_folder(tmp_path_factory):
+    """A tiny Blip2ForImageTextRetrieval, saved as a BLIP-2 checkpoint folder."""
+    model = _blip2_standin(vocab_size=100, max_positions=64, frequency=1, vision_layers=2, seed=0)
     folder = tmp_path_factory.mktemp("blip2")
     model.save_pretrained(folder, safe_serialization=True)
     return folder, model
@@ -321,43 +333,10 @@ def test_unreachable_hub_id_gives_a_clear_error(monkeypatch, tmp_path):
 # The real BLIP-2 vocabulary, pickle checkpoints and hub revisions
 
 
-def _real_vocab_blip2(vocab_size: int = 30523):
+def _real_vocab_blip2():
     """Salesforce/blip2-itm-vit-g's config.json (Q-Former vocabulary 30523 = BERT + "[DEC]",
-    512 positions), shrunk in depth and width only."""
-    from transformers import Blip2Config, Blip2ForImageTextRetrieval
-
-    cfg = Blip2Config(
-        vision_config=dict(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
-        qformer_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=vocab_size,
-            max_position_embeddings=512,
-            cross_attention_frequency=2,
-            encoder_hidden_size=48,
-            use_qformer_text_input=True,
-        ),
-        num_query_tokens=4,
-        image_text_hidden_size=16,
-    )
-    torch.manual_seed(1)
-    model = Blip2ForImageTextRetrieval(cfg).eval()
-    # BLIP-2's vision config initialises its linear layers at std 1e-10, which would make every
-    # attention and MLP block of the stand-in a no-op: give the vision tower weights that matter.
-    with torch.no_grad():
-        for name, p in model.vision_model.named_parameters():
-            is_norm_scale = "norm" in name and name.endswith("weight")
-            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if is_norm_scale else 0.0))
-    return model
+    512 positions, cross-attention every other layer), shrunk in depth and width only."""
+    return _blip2_standin(vocab_size=30523, max_positions=512, frequency=2, vision_layers=1, seed=1)
 
 
 def _shrunk_paper_qformer(folder):

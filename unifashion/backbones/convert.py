@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from unifashion.backbones.hub import PICKLE_SUFFIXES
+from unifashion.backbones.hub import PICKLE_SUFFIXES, read_json
 from unifashion.utils.errors import UniFashionError
 from unifashion.utils.io import atomic_directory
 
@@ -357,15 +357,9 @@ LDM_VAE_PREFIX = "first_stage_model."
 
 
 def _read_config(path: str | os.PathLike, what: str) -> dict:
-    path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: no such {what} config.json") from None
-    except ValueError as exc:
-        raise ConvertError(f"{path}: not valid JSON ({exc})") from None
+    config = read_json(Path(path))
     if not isinstance(config, dict):
-        raise ConvertError(f"{path}: expected a JSON object")
+        raise ConvertError(f"{path}: expected a JSON object (a diffusers {what} config)")
     return config
 
 

@@ -49,13 +49,16 @@ def load_vae(source: str, subfolder: str = "vae"):
         raise BackboneError(f"{folder / subfolder}: cannot load an AutoencoderKL ({exc})") from None
 
 
+def _source_json(source: str, relative: str) -> dict | None:
+    """The JSON file ``relative`` of ``source`` (a folder or hub id; only that file is fetched),
+    None when the source has none."""
+    path = hub.resolve_source(source, allow_patterns=[relative]) / relative
+    return hub.read_json(path) if path.is_file() else None
+
+
 def pipeline_class(source: str) -> str | None:
     """The ``_class_name`` of ``source``'s model_index.json (None without one)."""
-    folder = hub.resolve_source(source, allow_patterns=["model_index.json"])
-    path = folder / "model_index.json"
-    if not path.is_file():
-        return None
-    name = hub.read_json(path).get("_class_name")
+    name = (_source_json(source, "model_index.json") or {}).get("_class_name")
     return name if isinstance(name, str) else None
 
 
@@ -66,12 +69,8 @@ SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_e
 def read_schedule(source: str) -> dict | None:
     """The forward-process fields of ``source``'s ``scheduler/scheduler_config.json``
     (None when the source has no scheduler folder)."""
-    folder = hub.resolve_source(source, allow_patterns=["scheduler/*.json", "model_index.json"])
-    path = folder / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        return None
-    data = hub.read_json(path)
-    return {k: data[k] for k in SCHEDULE_FIELDS if k in data}
+    data = _source_json(source, "scheduler/scheduler_config.json")
+    return None if data is None else {k: data[k] for k in SCHEDULE_FIELDS if k in data}
 
 
 def check_schedule(config) -> None:

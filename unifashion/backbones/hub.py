@@ -77,28 +77,28 @@ def safetensors_files(folder: Path) -> list[Path]:
     raise BackboneError(f"{folder}: no *.safetensors weights found")
 
 
-def tensor_shapes(folder: Path, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor of the checkpoint in ``folder`` whose name starts with
-    ``prefix`` (prefix kept), read from the safetensors headers: no weight is loaded."""
-    out: dict[str, tuple[int, ...]] = {}
+def _prefixed(folder: Path, prefix: str, read) -> dict:
+    """``{name: read(file handle, name)}`` for every tensor of the checkpoint in ``folder`` whose
+    name starts with ``prefix`` (names kept whole)."""
+    out: dict = {}
     for file in safetensors_files(folder):
         with safe_open(os.fspath(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.startswith(prefix):
-                    out[key] = tuple(f.get_slice(key).get_shape())
+                    out[key] = read(f, key)
     return out
+
+
+def tensor_shapes(folder: Path, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of the checkpoint in ``folder`` whose name starts with
+    ``prefix`` (prefix kept), read from the safetensors headers: no weight is loaded."""
+    return _prefixed(folder, prefix, lambda f, key: tuple(f.get_slice(key).get_shape()))
 
 
 def load_prefixed_tensors(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint in ``folder`` whose name starts with
     ``prefix``, with the prefix removed. Reads only those tensors."""
-    out: dict[str, torch.Tensor] = {}
-    for file in safetensors_files(folder):
-        with safe_open(os.fspath(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if key.startswith(prefix):
-                    out[key[len(prefix) :]] = f.get_tensor(key)
-    return out
+    return {k[len(prefix) :]: v for k, v in _prefixed(folder, prefix, lambda f, key: f.get_tensor(key)).items()}
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], *, what: str) -> None:

@@ -6,6 +6,14 @@ import argparse
 import json
 
 
+def _wrote(args: argparse.Namespace, report: dict, use: str = "") -> int:
+    """The last lines every conversion prints: where it wrote, and the report as JSON with --json."""
+    print(f"wrote {args.out}" + (f" {use}" if use else ""))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_convert_weights(args: argparse.Namespace) -> int:
     from unifashion.backbones.convert import convert_weights
 
@@ -16,10 +24,7 @@ def cmd_convert_weights(args: argparse.Namespace) -> int:
         print(f"skipped {item} (a safetensors copy is beside it)")
     if "note" in report:
         print(report["note"])
-    print(f"wrote {args.out}")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    return 0
+    return _wrote(args, report)
 
 
 def cmd_convert_lavis(args: argparse.Namespace) -> int:
@@ -36,10 +41,7 @@ def cmd_convert_lavis(args: argparse.Namespace) -> int:
     )
     for name, why in sorted(report["not_mapped"].items()):
         print(f"not mapped: {name}: {why}")
-    print(f"wrote {args.out} (use it as vision.source and qformer.source)")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    return 0
+    return _wrote(args, report, "(use it as vision.source and qformer.source)")
 
 
 def cmd_convert_ldm(args: argparse.Namespace) -> int:
@@ -59,10 +61,7 @@ def cmd_convert_ldm(args: argparse.Namespace) -> int:
         print(f"VAE: {report['vae']} tensors")
     for group, count in sorted(report["not_mapped"].items()):
         print(f"not mapped: {group}* ({count} tensors)")
-    print(f"wrote {args.out} (use it as diffusion.source)")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    return 0
+    return _wrote(args, report, "(use it as diffusion.source)")
 
 
 def register(sub) -> None:

@@ -100,10 +100,16 @@ class QFormer(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.temp.clamp(0.001, 0.5)
 
+    @property
+    def device(self) -> torch.device:
+        return self.query_tokens.device
+
     # -- passes -------------------------------------------------------------
 
     def image_queries(self, image_feats: torch.Tensor) -> torch.Tensor:
-        """Z_I (Eq. 2): query outputs (B, Q, d) over image features (B, N, C)."""
+        """Z_I (Eq. 2): query outputs (B, Q, d) over image features (B, N, C) (moved to the model's
+        device: feature tables stay on the CPU)."""
+        image_feats = image_feats.to(self.device)
         queries = self.query_tokens.expand(image_feats.shape[0], -1, -1)
         out = self.qformer(query_embeds=self.embeddings(query_embeds=queries), encoder_hidden_states=image_feats)
         return out.last_hidden_state
@@ -116,7 +122,8 @@ class QFormer(nn.Module):
 
     def joint(self, image_feats: torch.Tensor, text: TextBatch, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and text in one sequence under mask ``kind``; returns
-        (query outputs (B, Q, d), text outputs (B, T, d))."""
+        (query outputs (B, Q, d), text outputs (B, T, d)). Image features move to the model's device."""
+        image_feats = image_feats.to(self.device)
         queries = self.query_tokens.expand(image_feats.shape[0], -1, -1)
         embeds = self.embeddings(input_ids=text.input_ids, query_embeds=queries)  # (B, Q+T, d)
         mask = attention_mask_4d(self.num_queries, text.attention_mask, kind, embeds.dtype)

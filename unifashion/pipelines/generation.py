@@ -86,7 +86,7 @@ def to_images(generator: Generator, latents: torch.Tensor, batch_size: int = 64)
 def text_condition(model: RetrievalModel, texts: Sequence[str], bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Text only: the Q-Former text path's token outputs (Eq. 2's Z_C)."""
     batch = model.tokenize(list(texts))
-    with autocast(bf16, model.qformer.query_tokens.device):
+    with autocast(bf16, model.qformer.device):
         states = model.qformer.text_states(batch)
     return states.float(), batch.attention_mask
 
@@ -94,9 +94,8 @@ def text_condition(model: RetrievalModel, texts: Sequence[str], bf16: bool = Tru
 @torch.no_grad()
 def image_condition(model: RetrievalModel, feats: torch.Tensor, bf16: bool = True) -> tuple[torch.Tensor, None]:
     """Image only: Z_I, the query outputs over frozen features (B, N, C)."""
-    device = model.qformer.query_tokens.device
-    with autocast(bf16, device):
-        return model.qformer.image_queries(feats.to(device)).float(), None
+    with autocast(bf16, model.qformer.device):
+        return model.qformer.image_queries(feats).float(), None
 
 
 @torch.no_grad()
@@ -105,9 +104,8 @@ def composed_condition(
 ) -> tuple[torch.Tensor, None]:
     """Image + text: Z_R (Eq. 9), the query outputs with the guidance text under the bidirectional mask."""
     batch = model.tokenize(list(texts))
-    device = model.qformer.query_tokens.device
-    with autocast(bf16, device):
-        queries, _ = model.qformer.joint(feats.to(device), batch, BIDIRECTIONAL)
+    with autocast(bf16, model.qformer.device):
+        queries, _ = model.qformer.joint(feats, batch, BIDIRECTIONAL)
     return queries.float(), None
 
 

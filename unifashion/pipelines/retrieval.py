@@ -62,15 +62,14 @@ class QueryTable:
         cls, model: RetrievalModel, table: FeatureTable, batch_size: int = 128, bf16: bool = True, progress: bool = True
     ) -> QueryTable:
         qf = model.qformer.eval()
-        device = qf.query_tokens.device
         empty = torch.zeros(0, qf.num_queries, qf.config.hidden_size, dtype=torch.float16)
         queries = _in_batches(
-            lambda a, b: qf.image_queries(_table_rows(table, a, b).to(device)),
+            lambda a, b: qf.image_queries(_table_rows(table, a, b)),
             table.feats.shape[0],
             batch_size,
             bf16,
             empty,
-            device=device,
+            device=qf.device,
             dtype=torch.float16,
             progress=progress,
             desc="Q-Former queries",
@@ -103,15 +102,14 @@ def encode_images(
     model: RetrievalModel, table: FeatureTable, batch_size: int = 128, bf16: bool = True, progress: bool = False
 ) -> EncodedImages:
     qf = model.qformer.eval()
-    device = qf.query_tokens.device
     empty = torch.zeros(0, qf.num_queries, qf.config.embed_dim)
     embeds = _in_batches(
-        lambda a, b: qf.image_embeddings(_table_rows(table, a, b).to(device)),
+        lambda a, b: qf.image_embeddings(_table_rows(table, a, b)),
         table.feats.shape[0],
         batch_size,
         bf16,
         empty,
-        device=device,
+        device=qf.device,
         progress=progress,
         desc="image embeddings",
     )
@@ -127,7 +125,7 @@ def encode_texts(model: RetrievalModel, texts: list[str], batch_size: int = 128,
         batch_size,
         bf16,
         torch.zeros(0, qf.config.embed_dim),
-        device=qf.query_tokens.device,
+        device=qf.device,
     )
 
 
@@ -136,14 +134,13 @@ def encode_composed(
     model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
 ) -> torch.Tensor:
     qf = model.qformer
-    device = qf.query_tokens.device
     return _in_batches(
-        lambda a, b: qf.composed_embedding(feats[a:b].to(device, torch.float32), model.tokenize(texts[a:b])),
+        lambda a, b: qf.composed_embedding(feats[a:b].float(), model.tokenize(texts[a:b])),
         len(texts),
         batch_size,
         bf16,
         torch.zeros(0, qf.config.embed_dim),
-        device=device,
+        device=qf.device,
     )
 
 
@@ -152,13 +149,12 @@ def itm_scores(
     model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
 ) -> np.ndarray:
     """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair."""
-    device = model.qformer.query_tokens.device
     logits = _in_batches(
-        lambda a, b: model.qformer.itm_logits(feats[a:b].to(device, torch.float32), model.tokenize(texts[a:b])),
+        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(texts[a:b])),
         len(texts),
         batch_size,
         bf16,
         torch.zeros(0, 2),
-        device=device,
+        device=model.qformer.device,
     )
     return (logits[:, 1] - logits[:, 0]).numpy()

@@ -142,8 +142,7 @@ class UniFashion:
                 )
         self._meta: dict[str, Any] = {}
         self._cache: FeatureCache | None = None
-        self.device = torch.device("cpu")
-        self.to(next(self.retrieval.qformer.parameters()).device)
+        self.to(self.retrieval.qformer.device)  # heads given in memory join the retrieval model
 
     def to(self, device: str | torch.device | None) -> UniFashion:
         """Run on ``device`` ("auto", "cpu", "cuda", "cuda:N"): the loaded parts move now, heads

@@ -38,13 +38,11 @@ class BatchStats:
     passes: int = 0
     requests: int = 0
     largest: int = 0
-    sizes: dict[int, int] = field(default_factory=dict)
 
     def record(self, size: int) -> None:
         self.passes += 1
         self.requests += size
         self.largest = max(self.largest, size)
-        self.sizes[size] = self.sizes.get(size, 0) + 1
 
 
 class Batcher:
