@@ -35,7 +35,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,11 +297,17 @@ class Catalog:
         self._db = sqlite3.connect(f"file:{self.path / 'products.sqlite'}?mode=ro", uri=True, check_same_thread=False)
         self._db_lock = threading.Lock()
         with self._db_lock:
-            meta = self._db.execute("SELECT row, id, category FROM products").fetchall()
-        self._ids = {int(r): pid for r, pid, _ in meta}
-        self._row_of = {pid: int(r) for r, pid, _ in meta}
-        self._category = {int(r): cat for r, _, cat in meta}
+            meta = self._db.execute("SELECT row, id, category, attributes FROM products").fetchall()
+        self._ids = {int(r): pid for r, pid, _, _ in meta}
+        self._row_of = {pid: int(r) for r, pid, _, _ in meta}
+        self._category = {int(r): cat for r, _, cat, _ in meta}
         self._categories = sorted(set(self._category.values()))
+        self._attributes = {int(r): _string_attributes(json.loads(a)) for r, _, _, a in meta}
+        values: dict[str, set[str]] = {}
+        for attrs in self._attributes.values():
+            for name, value in attrs.items():
+                values.setdefault(name, set()).add(value)
+        self._attribute_values = {name: sorted(v) for name, v in sorted(values.items())}
         if set(self._ids) != set(self._pos):
             raise CatalogError(f"{self.path}: products.sqlite and vectors.safetensors list different products")
 
@@ -515,6 +521,22 @@ class Catalog:
     def categories(self) -> list[str]:
         return list(self._categories)
 
+    def product_vector(self, product_id: str, by: str = "means") -> np.ndarray:
+        """A stored vector of one product: ``means`` (e,) or ``queries`` (Q, e); KeyError if absent."""
+        if by not in ("queries", "means"):
+            raise CatalogError(f"product_vector: by must be 'queries' or 'means', got {by!r}")
+        return getattr(self.vectors, by)[self._pos[self._row_of[product_id]]].copy()
+
+    def attribute_values(self) -> dict[str, list[str]]:
+        """Every attribute name products carry, with the values they take (sorted)."""
+        return {name: list(v) for name, v in self._attribute_values.items()}
+
+    def _matches(self, row: int, category: str | None, attributes: Mapping[str, frozenset[str]]) -> bool:
+        if category is not None and self._category.get(row) != category:
+            return False
+        attrs = self._attributes.get(row, {})
+        return all(attrs.get(name) in values for name, values in attributes.items())
+
     def search(
         self,
         vector: np.ndarray,
@@ -523,11 +545,18 @@ class Catalog:
         k: int = 10,
         caption_weight: float | None = None,
         category: str | None = None,
+        attributes: Mapping[str, str | Collection[str]] | None = None,
         exclude: Sequence[str] = (),
     ) -> list[Hit]:
         """The ``k`` best products for a query ``vector`` (e,): ``by="queries"`` for a text or
         composed query (Eq. 3), ``by="means"`` for an image query. ``caption_weight`` (default:
-        the catalog's) adds the cosine with the product's generated caption."""
+        the catalog's) adds the cosine with the product's generated caption. ``category`` and
+        ``attributes`` filter: name -> a value or several (any of them), every name must match.
+        ``exclude`` drops products by id."""
+        wanted = {
+            name: frozenset([values] if isinstance(values, str) else values)
+            for name, values in (attributes or {}).items()
+        }
         if by not in ("queries", "means"):
             raise CatalogError(f"search: by must be 'queries' or 'means', got {by!r}")
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -560,7 +589,7 @@ class Catalog:
                 caption_bound = (
                     max(float(cs[0, -1]), 0.0) if got < n_captioned else (0.0 if n_captioned < n else -np.inf)
                 )
-            rows = {r for r in rows if r not in excluded and (category is None or self._category.get(r) == category)}
+            rows = {r for r in rows if r not in excluded and self._matches(r, category, wanted)}
             hits = self._rank(vector, rows, by, w if use_captions else 0.0, k)
             outside = image_bound + (w * caption_bound if use_captions else 0.0)
             if fetch >= n or (len(hits) >= k and hits[-1].score >= outside):
@@ -593,6 +622,20 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"Catalog({self.folder}, {self.version}, {len(self)} products, {self.manifest['kinds']['queries']})"
+
+
+def _string_attributes(attrs: Any) -> dict[str, str]:
+    """A product's attributes as name -> text (numbers and booleans as text; lists, objects and nulls left out,
+    since a filter compares one value)."""
+    if not isinstance(attrs, dict):
+        return {}
+    out = {}
+    for name, value in attrs.items():
+        if isinstance(value, bool):
+            out[str(name)] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[str(name)] = str(value)
+    return out
 
 
 def _kinds(kind: str, n_query_vectors: int, n_products: int, approximate_above: int) -> dict[str, str]:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from unifashion.cli.args import add_device_argument
+from unifashion.utils.errors import UniFashionError
 
 
 def _splits(value: str | None) -> list[str] | None:
@@ -87,8 +88,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queued_jobs=args.queued_jobs,
         max_batch=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
+        rate_per_minute=args.rate_limit,
     )
-    serve(args.model, args.catalog, host=args.host, port=args.port, limits=limits, steps=args.steps, device=args.device)
+    serve(
+        args.model,
+        args.catalog,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        steps=args.steps,
+        device=args.device,
+        keys_path=args.keys,
+        allow_anonymous=args.no_auth,
+        cors_origins=tuple(args.cors_origin),
+    )
+    return 0
+
+
+def _keys_file(args: argparse.Namespace):
+    from pathlib import Path
+
+    from unifashion.serve.auth import KEYS_FILE, KeyStore
+
+    if (args.file is None) == (args.catalog is None):
+        raise UniFashionError("keys: give --catalog CATALOG (its api-keys.json) or --file FILE, one of the two")
+    if args.catalog is not None and not (Path(args.catalog) / "CURRENT").exists():
+        raise UniFashionError(f"--catalog {args.catalog}: not a catalog folder (no CURRENT file)")
+    return KeyStore(args.file if args.file is not None else Path(args.catalog) / KEYS_FILE)
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    store = _keys_file(args)
+    key = store.add(args.name, args.per_minute)
+    print(f"API key {args.name!r} (shown once; {store.path} keeps only its SHA-256):\n{key}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    store = _keys_file(args)
+    for k in store.keys:
+        limit = f"{k.per_minute:g}/min" if k.per_minute else "default limit"
+        print(f"{k.name}\t{limit}\tcreated {k.created}")
+    if not store.keys:
+        print(f"no API keys in {store.path}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    store = _keys_file(args)
+    store.revoke(args.name)
+    print(f"revoked {args.name!r} ({len(store.keys)} keys left in {store.path}); restart the server to apply")
     return 0
 
 
@@ -167,5 +216,40 @@ def register(sub) -> None:
     p.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests after its first"
     )
+    p.add_argument(
+        "--keys", default=None, help="API key file (default: api-keys.json in the catalog; see `unifashion keys`)"
+    )
+    p.add_argument(
+        "--no-auth", action="store_true", help="serve beyond this machine without API keys (refused otherwise)"
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        default=None,
+        help="requests a minute per key (per address without keys); a key's own limit replaces it (default: none)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin allowed to call the API from a browser, e.g. https://shop.example (repeat for more)",
+    )
     add_device_argument(p)
     p.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="API keys of `unifashion serve` (stored hashed)")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    for name, func, helptext in (
+        ("add", cmd_keys_add, "make a key (printed once)"),
+        ("list", cmd_keys_list, "the keys' names and limits"),
+        ("revoke", cmd_keys_revoke, "remove a key"),
+    ):
+        p = ksub.add_parser(name, help=helptext)
+        if name != "list":
+            p.add_argument("name", help="the key's name, e.g. shop-frontend")
+        p.add_argument("--catalog", default=None, help="keep the keys in CATALOG/api-keys.json")
+        p.add_argument("--file", default=None, help="keep the keys in this file instead")
+        if name == "add":
+            p.add_argument("--per-minute", type=float, default=None, help="this key's rate limit (requests a minute)")
+        p.set_defaults(func=func)

@@ -91,7 +91,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         raise UniFashionError(f"--pose: no such file {args.pose}")
     person = {
         "person": args.person,
-        "mask": args.mask,
+        "mask": None if args.mask == "auto" else args.mask,
+        "garment": args.garment,
         "pose": args.pose,
         "pose_format": args.pose_format,
         "agnostic": args.agnostic,
@@ -136,7 +137,17 @@ def register(sub) -> None:
         p.add_argument("--model", required=True)
         add_device_argument(p)
         p.add_argument("--person", required=True, help="person image")
-        p.add_argument("--mask", required=True, help="region to paint (white), e.g. VITON-HD's agnostic-mask")
+        p.add_argument(
+            "--mask",
+            required=True,
+            help="region to paint (white), e.g. VITON-HD's agnostic-mask; 'auto': from the pose and --garment",
+        )
+        p.add_argument(
+            "--garment",
+            default="upper",
+            choices=("upper", "dress", "lower"),
+            help="what the automatic mask (--mask auto) makes room for",
+        )
         p.add_argument("--pose", required=True, help="keypoints JSON (OpenPose, or Dress Code with --pose-format)")
         p.add_argument("--pose-format", default="openpose", choices=("openpose", "dresscode"))
         p.add_argument("--agnostic", default=None, help="person without the garment (default: greyed under the mask)")

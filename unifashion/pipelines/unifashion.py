@@ -106,6 +106,21 @@ def _pose_input(pose: str | os.PathLike | np.ndarray) -> str | np.ndarray:
     return os.fspath(pose)
 
 
+def _automatic_mask(person: ImageInput, pose: str | np.ndarray, pose_format: str, garment: str) -> Image.Image:
+    """The region to paint from the person's keypoints (``garment_mask``), as a white-on-black image."""
+    from unifashion.data.pose import garment_mask, load_pose
+
+    if isinstance(person, Image.Image):
+        size = person.size
+    elif isinstance(person, ImageRef):
+        size = person.open().size
+    else:
+        with Image.open(person) as im:
+            size = im.size
+    kp = pose if isinstance(pose, np.ndarray) else load_pose(pose, pose_format, *size)
+    return Image.fromarray((garment_mask(kp, *size, garment) * 255).astype(np.uint8))
+
+
 def _repeat(n: int, seed: int, fn) -> list[Image.Image]:
     """``n`` results with seeds ``seed``, ``seed + 1``, ... (the commands' ``--num``)."""
     if n < 1:
@@ -356,7 +371,8 @@ class UniFashion:
         task: str,
         *,
         person: ImageInput,
-        mask: ImageInput,
+        mask: ImageInput | None,
+        garment: str = "upper",
         pose: str | os.PathLike | np.ndarray,
         pose_format: str,
         agnostic: ImageInput | None,
@@ -375,6 +391,8 @@ class UniFashion:
         """The path of ``unifashion tryon`` / ``design``: person inputs, then the inpainting head."""
         head = self.image_head(task)
         pose = _pose_input(pose)
+        if mask is None:
+            mask = _automatic_mask(person, pose, pose_format, garment)
         names = ("person", "mask", "agnostic", "cloth", "sketch")
         with image_files([person, mask, agnostic, cloth, sketch], names) as refs:
             person_ref, mask_ref, agnostic_ref, cloth_ref, sketch_ref = refs
@@ -415,7 +433,8 @@ class UniFashion:
         person: ImageInput,
         cloth: ImageInput,
         *,
-        mask: ImageInput,
+        mask: ImageInput | None = None,
+        garment: str = "upper",
         pose: str | os.PathLike | np.ndarray,
         pose_format: str = "openpose",
         agnostic: ImageInput | None = None,
@@ -428,7 +447,8 @@ class UniFashion:
         bf16: bool = False,
         on_step: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image]:
-        """Dress ``person`` in ``cloth`` (``unifashion tryon``). ``mask``: the region to paint (white);
+        """Dress ``person`` in ``cloth`` (``unifashion tryon``). ``mask``: the region to paint (white), or
+        None for one from the pose that makes room for a ``garment`` (upper, dress, lower);
         ``pose``: a keypoints JSON (OpenPose, or Dress Code with ``pose_format="dresscode"``) or an
         (18, 3) array; ``agnostic``: the person without the garment (default: greyed under the mask).
         With ``paste`` the person outside the mask is kept pixel for pixel."""
@@ -436,6 +456,7 @@ class UniFashion:
             "tryon",
             person=person,
             mask=mask,
+            garment=garment,
             pose=pose,
             pose_format=pose_format,
             agnostic=agnostic,
@@ -457,7 +478,8 @@ class UniFashion:
         pose: str | os.PathLike | np.ndarray,
         *,
         person: ImageInput,
-        mask: ImageInput,
+        mask: ImageInput | None = None,
+        garment: str = "upper",
         pose_format: str = "openpose",
         agnostic: ImageInput | None = None,
         paste: bool = True,
@@ -477,6 +499,7 @@ class UniFashion:
             "design",
             person=person,
             mask=mask,
+            garment=garment,
             pose=pose,
             pose_format=pose_format,
             agnostic=agnostic,

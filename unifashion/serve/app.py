@@ -2,29 +2,33 @@
 
     unifashion serve --model MODEL --catalog CATALOG [--host 127.0.0.1 --port 8000]
     open http://127.0.0.1:8000/            the web page
-         http://127.0.0.1:8000/openapi.json the API schema; /docs its Swagger UI (served from local files)
+         http://127.0.0.1:8000/openapi.json the API contract; /docs its Swagger UI (served from local files)
 
 Endpoints (all JSON unless said):
     GET  /api/health                       model heads, catalog size and version, pending jobs
-    GET  /api/categories
-    POST /api/search/text                  {"text", "k", "category", "caption_weight"}
-    POST /api/search/image                 form: image, k, category
-    POST /api/search/composed              form: image, text, k, category  (reference + modification)
+    GET  /api/categories, /api/attributes  what the filters can take
+    POST /api/search/text                  {"text", "k", "category", "attributes", "caption_weight"}
+    POST /api/search/image                 form: image, k, category, attribute
+    POST /api/search/composed              form: image or product_id, text, k, category, attribute
+    POST /api/search/similar               {"product_id", "k", "category", "attributes"}: more like this
     POST /api/caption                      form: image, style
     POST /api/generate                     form: text and/or image, seed, steps -> 202 job
-    POST /api/tryon                        form: person, cloth, mask, pose (keypoints JSON), seed -> 202 job
+    POST /api/tryon                        form: person, cloth, pose (keypoints JSON), mask or garment, seed -> 202 job
     GET  /api/jobs/{id}                    status and denoising progress; /api/jobs/{id}/image: the PNG
     GET  /api/products/{id}                metadata; /api/products/{id}/image: the product image
+    GET  /metrics                          Prometheus metrics
 
-Every refusal is ``{"error": {"status", "field", "message"}}`` with a 4xx status naming the
-field (see ``serve/inputs.py`` for the limits). Search encodings are batched (``serve/batching.py``)
-and share one lock with captions (one model pass at a time keeps 2 cores busy without thrashing);
-generation runs in its own bounded job queue.
+``/openapi.json`` is the exact contract: required fields required, ranges, the texts accepted
+(``VISIBLE_TEXT``), the categories and attribute values of this catalog, and every refusal with
+its status. Every refusal is ``{"error": {"status", "field", "message"}}`` (see ``serve/inputs.py``
+for the limits). With API keys (``serve/auth.py``) every ``/api`` route but health and the two
+image routes needs a key; rate limits answer 429 with ``Retry-After``. Search encodings are
+batched (``serve/batching.py``) and share one lock with captions (one model pass at a time keeps
+2 cores busy without thrashing); generation runs in its own bounded job queue.
 """
 
-from __future__ import annotations
-
 import contextlib
+import copy
 import json
 import os
 import tempfile
@@ -32,53 +36,68 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unifashion.catalog.build import mean_vectors
 from unifashion.catalog.store import Catalog, Hit
+from unifashion.serve import schema
+from unifashion.serve.auth import KeyStore, RateLimiter, key_from_headers
 from unifashion.serve.batching import Batcher
-from unifashion.serve.inputs import InputError, Limits, clean_text, read_image
+from unifashion.serve.inputs import VISIBLE_TEXT, InputError, Limits, clean_text, read_image
 from unifashion.serve.jobs import JobQueue, QueueFull
 from unifashion.serve.metrics import PROMETHEUS_CONTENT_TYPE, Metrics, log_request, route_of
 from unifashion.utils.errors import UniFashionError
 
 __all__ = ["Limits", "create_app", "serve"]
 
+IMAGE_TYPES = "image/jpeg, image/png, image/webp"
+# Routes a key is not asked for: the page's own assets, health probes, and the two image routes
+# (an <img> cannot send a header; product images are the catalog's public pictures and a job's
+# image is reached only through its random id).
+_OPEN_PATHS = ("/", "/docs", "/openapi.json", "/api/health")
+_OPEN_PREFIXES = ("/docs/",)
+_ENUM_LIMIT = 2000  # attribute name:value pairs listed in the schema (beyond: a pattern)
 
-class TextSearch(BaseModel):
-    text: str = Field(description="what to look for, e.g. 'a red midi dress with short sleeves'")
-    k: int = Field(12, description="number of results")
-    category: str | None = Field(None, description="only products of this category")
-    caption_weight: float | None = Field(
-        None, description="weight of the generated-caption score (default: the catalog's)"
-    )
+
+def _open_route(path: str) -> bool:
+    if path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
+        return True
+    parts = path.strip("/").split("/")
+    return len(parts) == 4 and parts[0] == "api" and parts[1] in ("products", "jobs") and parts[3] == "image"
 
 
-def _read_upload(upload: UploadFile | None, field: str, limits: Limits, *, required: bool = True):
-    if upload is None:
-        if required:
-            raise InputError(422, field, f"{field}: missing (upload an image file)")
-        return None
+def _read_upload(upload: UploadFile | None, field: str, limits: Limits):
     data = upload.file.read(limits.max_upload_bytes + 1)
     return read_image(data, field, limits)
 
 
 class Service:
-    """What the endpoints share: the model, the catalog, the limits, the locks and the job queue."""
+    """What the endpoints share: the model, the catalog, the limits, keys, locks and the job queue."""
 
-    def __init__(self, model, catalog: Catalog, limits: Limits, *, steps: int | None = None):
+    def __init__(
+        self,
+        model,
+        catalog: Catalog,
+        limits: Limits,
+        *,
+        steps: int | None = None,
+        keys: KeyStore | None = None,
+    ):
         self.model = model
         self.catalog = catalog
         self.limits = limits
         self.steps = steps
+        self.keys = keys if keys is not None and keys.keys else None
+        self.rates = RateLimiter()
         self.search_lock = threading.Lock()  # one model pass at a time (search and captions)
         self.jobs = JobQueue(limits.max_generation_jobs, limits.max_queued_jobs)
         self.metrics = Metrics(lambda: self.batcher.waiting, self.jobs.states)
@@ -98,12 +117,13 @@ class Service:
         # Uploads are one-off images: keep them out of the on-disk feature cache.
         model.feature_cache.enabled = False
 
-    # -- argument checks -------------------------------------------------------------
+    @property
+    def rate_limited(self) -> bool:
+        """Whether any client can be answered 429 for its request rate."""
+        per_key = self.keys is not None and any(k.per_minute for k in self.keys.keys)
+        return self.limits.rate_per_minute is not None or per_key
 
-    def check_k(self, k: int) -> int:
-        if not 1 <= k <= self.limits.max_k:
-            raise InputError(422, "k", f"k: expected 1 to {self.limits.max_k}, got {k}")
-        return k
+    # -- argument checks -------------------------------------------------------------
 
     def check_category(self, category: str | None) -> str | None:
         if category in (None, ""):
@@ -115,6 +135,34 @@ class Service:
                 f"category: {category!r} is not in the catalog (one of {', '.join(self.catalog.categories())})",
             )
         return category
+
+    def check_attributes(self, wanted: dict[str, str | list[str]], field: str) -> dict[str, str | list[str]]:
+        """Filters name -> value(s), each a name and a value some product has."""
+        known = self.catalog.attribute_values()
+        for name, values in wanted.items():
+            if name not in known:
+                raise InputError(
+                    422, field, f"{field}: no product has an attribute {name!r} (names: {', '.join(known)})"
+                )
+            for value in [values] if isinstance(values, str) else values:
+                if value not in known[name]:
+                    raise InputError(
+                        422,
+                        field,
+                        f"{field}: no product has {name}={value!r} ({name} is one of {', '.join(known[name])})",
+                    )
+        return wanted
+
+    def attribute_pairs(self, items: list[str] | None) -> dict[str, str | list[str]]:
+        """Form filters ``name:value`` (the field ``attribute``, repeated: several values of one name
+        match any of them) as name -> values."""
+        wanted: dict[str, list[str]] = {}
+        for item in items or ():
+            name, sep, value = item.partition(":")
+            if not sep or not name or not value:
+                raise InputError(422, "attribute", f"attribute: {item!r}; expected name:value, e.g. colour:red")
+            wanted.setdefault(name, []).append(value)
+        return self.check_attributes(wanted, "attribute")
 
     def check_product(self, product_id: str) -> str:
         if product_id not in self.catalog:
@@ -139,6 +187,7 @@ class Service:
                 "title": m["title"],
                 "generated_caption": m["generated_caption"],
                 "captions": m["captions"],
+                "attributes": {k: str(v) for k, v in m["attributes"].items() if isinstance(v, str | int | float)},
                 "image_url": _image_url(h.id),
             }
             for h, m in zip(hits, meta, strict=True)
@@ -152,11 +201,21 @@ class Service:
         by: str,
         k: int,
         category: str | None,
+        attributes: dict[str, str | list[str]],
         caption_weight: float | None,
         start: float,
         query: dict,
+        exclude: tuple[str, ...] = (),
     ) -> dict:
-        hits = self.catalog.search(vector, by=by, k=k, category=category, caption_weight=caption_weight)
+        hits = self.catalog.search(
+            vector,
+            by=by,
+            k=k,
+            category=category,
+            attributes=attributes,
+            caption_weight=caption_weight,
+            exclude=exclude,
+        )
         return {
             "kind": kind,
             "query": query,
@@ -169,14 +228,24 @@ def _image_url(product_id: str) -> str:
     return f"/api/products/{quote(product_id, safe='')}/image"
 
 
-def _error(status: int, field: str | None, message: str) -> JSONResponse:
-    return JSONResponse(InputError(status, field, message).payload(), status_code=status)
+def _error(status: int, field: str | None, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(InputError(status, field, message).payload(), status_code=status, headers=headers)
 
 
-def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: int | None = None) -> FastAPI:
-    """The FastAPI app over a loaded :class:`UniFashion` model and a :class:`Catalog`."""
+def create_app(
+    model,
+    catalog: Catalog,
+    limits: Limits | None = None,
+    *,
+    steps: int | None = None,
+    keys: KeyStore | None = None,
+    cors_origins: tuple[str, ...] = (),
+) -> FastAPI:
+    """The FastAPI app over a loaded :class:`UniFashion` model and a :class:`Catalog`. With ``keys``
+    (a :class:`KeyStore` holding at least one key) every protected route needs one; ``cors_origins``
+    are the web origins allowed to call the API from a browser (none: same origin only)."""
     limits = limits or Limits()
-    svc = Service(model, catalog, limits, steps=steps)
+    svc = Service(model, catalog, limits, steps=steps, keys=keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -188,19 +257,76 @@ def create_app(model, catalog: Catalog, limits: Limits | None = None, *, steps: 
         title="UniFashion",
         version="0.1.0",
         lifespan=lifespan,
-        description="Fashion search (text, image, composed), captions and generation over a product catalog.",
+        description="Fashion search (text, image, composed, similar), captions and generation over a product catalog.",
         docs_url=None,  # served below from the swagger-ui-bundle package, not from a CDN
         redoc_url=None,
     )
     app.state.service = svc
 
     _add_docs_routes(app)
+    _add_access_control(app, svc)
     _add_error_handlers(app, limits)
     _add_metrics(app, svc)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
     _add_catalog_routes(app, svc)
     _add_search_routes(app, svc)
     _add_caption_and_image_routes(app, svc)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = _contract(base, svc)
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+def _add_access_control(app: FastAPI, svc: Service) -> None:
+    """API keys and rate limits, before any work is done for a request."""
+
+    @app.middleware("http")
+    async def _access(request: Request, call_next):
+        path = request.url.path
+        if request.method == "OPTIONS" or _open_route(path):
+            return await call_next(request)
+        per_minute = svc.limits.rate_per_minute
+        client = f"address:{request.client.host if request.client else '?'}"
+        if svc.keys is not None:
+            key = key_from_headers(request.headers)
+            found = svc.keys.find(key) if key else None
+            if found is None:
+                why = "missing" if not key else "not a key of this service"
+                return _error(
+                    401,
+                    "X-API-Key",
+                    f"API key {why}: send it as the X-API-Key header or as Authorization: Bearer KEY",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            client = f"key:{found.name}"
+            per_minute = found.per_minute or per_minute
+            request.state.key_name = found.name
+        if per_minute:
+            wait = svc.rates.take(client, per_minute)
+            if wait:
+                who = client.split(":", 1)[0]
+                return _error(
+                    429,
+                    None,
+                    f"more than {per_minute:g} requests a minute for this {who}; try again in {wait} s",
+                    {"Retry-After": str(wait)},
+                )
+        return await call_next(request)
 
 
 def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
@@ -219,12 +345,13 @@ def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
             )
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
         field = loc[0] if loc else None
-        msg = first.get("msg", "invalid request")
+        msg = "missing" if first.get("type") == "missing" else first.get("msg", "invalid request")
         return _error(422, field, f"{field}: {msg}" if field else msg)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, None, str(exc.detail))
+        # 405 keeps its Allow header (which methods the path takes).
+        return _error(exc.status_code, None, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(UniFashionError)
     async def _model_error(_: Request, exc: UniFashionError):
@@ -283,14 +410,14 @@ def _add_docs_routes(app: FastAPI) -> None:
 
 
 def _add_catalog_routes(app: FastAPI, svc: Service) -> None:
-    """The page, health, categories and products."""
+    """The page, health, categories, attributes and products."""
     limits = svc.limits
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(resources.files("unifashion.serve").joinpath("static/index.html").read_text())
 
-    @app.get("/api/health")
+    @app.get("/api/health", response_model=schema.Health)
     def health() -> dict:
         return {
             "status": "ok",
@@ -299,52 +426,91 @@ def _add_catalog_routes(app: FastAPI, svc: Service) -> None:
             "heads": list(svc.model.heads),
             "captions_in_catalog": svc.catalog.has_captions,
             "jobs_pending": svc.jobs.active(),
-            "limits": limits.__dict__,
+            "auth": svc.keys is not None,
+            "limits": {k: float(v) for k, v in limits.__dict__.items() if v is not None},
         }
 
-    @app.get("/api/categories")
+    @app.get("/api/categories", response_model=schema.Categories, responses=schema.errors(401, 429))
     def categories() -> dict:
         return {"categories": svc.catalog.categories()}
 
-    @app.get("/api/products/{product_id}")
+    @app.get("/api/attributes", response_model=schema.Attributes, responses=schema.errors(401, 429))
+    def attributes() -> dict:
+        return {"attributes": svc.catalog.attribute_values()}
+
+    @app.get("/api/products/{product_id}", response_model=schema.Product, responses=schema.errors(401, 404, 429))
     def product(product_id: str) -> dict:
         return svc.catalog.product(svc.check_product(product_id)) | {"image_url": _image_url(product_id)}
 
-    @app.get("/api/products/{product_id}/image")
+    @app.get(
+        "/api/products/{product_id}/image",
+        response_class=Response,
+        responses={200: {"content": {t.strip(): {} for t in IMAGE_TYPES.split(",")}}, **schema.errors(404)},
+    )
     def product_image(product_id: str) -> Response:
         data, mime = svc.catalog.image(svc.check_product(product_id))
         return Response(data, media_type=mime, headers={"Cache-Control": "max-age=3600"})
 
 
+_SEARCH_ERRORS = schema.errors(400, 401, 413, 415, 422, 429)
+
+
 def _add_search_routes(app: FastAPI, svc: Service) -> None:
-    """Text, image and composed search: the encoding in a batched model pass (``Batcher``), then the catalog."""
+    """Text, image, composed and similar search: the encoding in a batched model pass (``Batcher``),
+    then the catalog."""
     limits = svc.limits
 
-    @app.post("/api/search/text")
+    class TextSearch(BaseModel):
+        text: str = Field(
+            max_length=limits.max_text_chars, description="what to look for, e.g. 'a red midi dress with short sleeves'"
+        )
+        k: int = Field(12, ge=1, le=limits.max_k, description="number of results")
+        category: str | None = Field(None, description="only products of this category ('' or null: all)")
+        attributes: dict[str, str] | None = Field(None, description="only products with these attribute values")
+        caption_weight: float | None = Field(
+            None, ge=0, le=100, description="weight of the generated-caption score (default: the catalog's)"
+        )
+
+    class SimilarSearch(BaseModel):
+        product_id: str = Field(description="the product to find more like")
+        k: int = Field(12, ge=1, le=limits.max_k)
+        category: str | None = Field(None, description="only products of this category ('' or null: all)")
+        attributes: dict[str, str] | None = Field(None, description="only products with these attribute values")
+
+    K = Annotated[int, Form(ge=1, le=limits.max_k, description="number of results")]
+    Category = Annotated[str | None, Form(description="only products of this category ('' or absent: all)")]
+    Attribute = Annotated[
+        list[str] | None, Form(description="filters name:value (repeat the field for several), e.g. colour:red")
+    ]
+
+    @app.post("/api/search/text", response_model=schema.SearchResponse, responses=_SEARCH_ERRORS)
     def search_text(body: TextSearch) -> dict:
         start = time.perf_counter()
         text = clean_text(body.text, "text", limits)
-        k, category = svc.check_k(body.k), svc.check_category(body.category)
+        category = svc.check_category(body.category)
+        attributes = svc.check_attributes(body.attributes or {}, "attributes")
         vec = svc.batcher.encode("text", text)
         return svc.search(
             "text",
             vec,
             by="queries",
-            k=k,
+            k=body.k,
             category=category,
+            attributes=attributes,
             caption_weight=body.caption_weight,
             start=start,
             query={"text": text},
         )
 
-    @app.post("/api/search/image")
+    @app.post("/api/search/image", response_model=schema.SearchResponse, responses=_SEARCH_ERRORS)
     def search_image(
-        image: Annotated[UploadFile | None, File(description="JPEG, PNG or WebP")] = None,
-        k: Annotated[int, Form()] = 12,
-        category: Annotated[str | None, Form()] = None,
+        image: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+        k: K = 12,
+        category: Category = None,
+        attribute: Attribute = None,
     ) -> dict:
         start = time.perf_counter()
-        k, category = svc.check_k(k), svc.check_category(category)
+        category, attributes = svc.check_category(category), svc.attribute_pairs(attribute)
         pil = _read_upload(image, "image", limits)
         queries = svc.batcher.encode("image", pil)  # (Q, e)
         vec = mean_vectors(queries[None])[0]
@@ -354,25 +520,44 @@ def _add_search_routes(app: FastAPI, svc: Service) -> None:
             by="means",
             k=k,
             category=category,
+            attributes=attributes,
             caption_weight=0.0,
             start=start,
             query={"image": f"{pil.width}x{pil.height}"},
         )
 
-    @app.post("/api/search/composed")
+    @app.post(
+        "/api/search/composed", response_model=schema.SearchResponse, responses=schema.errors(404) | _SEARCH_ERRORS
+    )
     def search_composed(
-        image: Annotated[UploadFile | None, File(description="the reference garment")] = None,
-        text: Annotated[str | None, Form(description="the modification, e.g. 'is red with short sleeves'")] = None,
-        k: Annotated[int, Form()] = 12,
-        category: Annotated[str | None, Form()] = None,
-        caption_weight: Annotated[float | None, Form()] = None,
+        text: Annotated[
+            str,
+            Form(max_length=limits.max_text_chars, description="the modification, e.g. 'is red with short sleeves'"),
+        ],
+        image: Annotated[UploadFile | None, File(description="the reference garment (or give product_id)")] = None,
+        product_id: Annotated[
+            str | None,
+            Form(min_length=1, description="a catalog product as the reference (instead of image); not in the results"),
+        ] = None,
+        k: K = 12,
+        category: Category = None,
+        attribute: Attribute = None,
+        caption_weight: Annotated[
+            float | None, Form(ge=0, le=100, description="weight of the generated-caption score (default: catalog's)")
+        ] = None,
     ) -> dict:
         start = time.perf_counter()
-        k, category = svc.check_k(k), svc.check_category(category)
-        if text is None:
-            raise InputError(422, "text", "text: missing (the modification to apply to the reference image)")
+        category, attributes = svc.check_category(category), svc.attribute_pairs(attribute)
         text = clean_text(text, "text", limits)
-        pil = _read_upload(image, "image", limits)
+        if (image is None) == (product_id is None):
+            raise InputError(422, "image", "image: give a reference image or a product_id (one of the two)")
+        if image is not None:
+            pil = _read_upload(image, "image", limits)
+            reference, exclude = f"{pil.width}x{pil.height}", ()
+        else:
+            data, _ = svc.catalog.image(svc.check_product(product_id))
+            pil = read_image(data, "product_id", limits)
+            reference, exclude = f"product {product_id}", (product_id,)
         vec = svc.batcher.encode("composed", (pil, text))
         return svc.search(
             "composed",
@@ -380,20 +565,47 @@ def _add_search_routes(app: FastAPI, svc: Service) -> None:
             by="queries",
             k=k,
             category=category,
+            attributes=attributes,
             caption_weight=caption_weight,
             start=start,
-            query={"text": text, "image": f"{pil.width}x{pil.height}"},
+            query={"text": text, "image": reference},
+            exclude=exclude,
+        )
+
+    @app.post(
+        "/api/search/similar", response_model=schema.SearchResponse, responses=schema.errors(400, 401, 404, 422, 429)
+    )
+    def search_similar(body: SimilarSearch) -> dict:
+        """More like this: the products whose images are nearest the given product's (itself left out)."""
+        start = time.perf_counter()
+        pid = svc.check_product(body.product_id)
+        category = svc.check_category(body.category)
+        attributes = svc.check_attributes(body.attributes or {}, "attributes")
+        return svc.search(
+            "similar",
+            svc.catalog.product_vector(pid, "means"),
+            by="means",
+            k=body.k,
+            category=category,
+            attributes=attributes,
+            caption_weight=0.0,
+            start=start,
+            query={"product_id": pid},
+            exclude=(pid,),
         )
 
 
 def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
     """Captions (synchronous) and generation / try-on jobs (queued, with progress)."""
     limits = svc.limits
+    Seed = Annotated[int, Form(ge=0, le=2**31 - 1, description="the same seed gives the same picture")]
+    Steps = Annotated[int | None, Form(ge=1, le=100, description="denoising steps (default: the model's)")]
+    job_answers = {202: {"model": schema.Job}, **schema.errors(400, 401, 413, 415, 422, 429, 501)}
 
-    @app.post("/api/caption")
+    @app.post("/api/caption", response_model=schema.Caption, responses=schema.errors(400, 401, 413, 415, 422, 429, 501))
     def caption(
-        image: Annotated[UploadFile | None, File()] = None,
-        style: Annotated[str, Form()] = "description",
+        image: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+        style: Annotated[str, Form(description="caption style (one of the model's)")] = "description",
     ) -> dict:
         svc.need_head("captioning", "image")
         styles = svc.model.captioner.styles
@@ -409,36 +621,30 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
         try:
             job = svc.jobs.submit(kind, work)
         except QueueFull:
-            return JSONResponse(
-                InputError(429, None, f"{svc.jobs.capacity} generation jobs are pending; try again later").payload(),
-                status_code=429,
-                headers={"Retry-After": "10"},
+            return _error(
+                429, None, f"{svc.jobs.capacity} generation jobs are pending; try again later", {"Retry-After": "10"}
             )
         return JSONResponse(job.public() | {"status_url": f"/api/jobs/{job.id}"}, status_code=202)
 
-    def _seed(seed: int) -> int:
-        if not 0 <= seed < 2**31:
-            raise InputError(422, "seed", f"seed: expected 0 to 2147483647, got {seed}")
-        return seed
-
-    def _steps(steps: int | None) -> int | None:
-        if steps is not None and not 1 <= steps <= 100:
-            raise InputError(422, "steps", f"steps: expected 1 to 100, got {steps}")
-        return steps if steps is not None else svc.steps
-
-    @app.post("/api/generate", status_code=202)
+    @app.post("/api/generate", status_code=202, response_class=JSONResponse, responses=job_answers)
     def generate(
-        text: Annotated[str | None, Form(description="what to draw; with an image: the change to make")] = None,
+        text: Annotated[
+            str | None,
+            Form(
+                max_length=limits.max_text_chars,
+                description="what to draw; with an image: the change to make (blank: none)",
+            ),
+        ] = None,
         image: Annotated[UploadFile | None, File(description="optional reference garment")] = None,
-        seed: Annotated[int, Form()] = 0,
-        steps: Annotated[int | None, Form()] = None,
+        seed: Seed = 0,
+        steps: Steps = None,
     ) -> JSONResponse:
         svc.need_head("text2image", "text")
-        seed, steps = _seed(seed), _steps(steps)
+        steps = steps if steps is not None else svc.steps
         if text is not None and image is not None and not text.strip():
             text = None  # a reference image alone: image-only conditioning
         text = None if text is None else clean_text(text, "text", limits)
-        pil = _read_upload(image, "image", limits, required=False)
+        pil = None if image is None else _read_upload(image, "image", limits)
         if text is None and pil is None:
             raise InputError(422, "text", "text: give a text, a reference image, or both")
         return _submit(
@@ -446,25 +652,26 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
             lambda on_step: svc.model.generate(text=text, image=pil, seed=seed, steps=steps, on_step=on_step)[0],
         )
 
-    @app.post("/api/tryon", status_code=202)
+    @app.post("/api/tryon", status_code=202, response_class=JSONResponse, responses=job_answers)
     def tryon(
-        person: Annotated[UploadFile | None, File(description="the person photo")] = None,
-        cloth: Annotated[UploadFile | None, File(description="the garment to put on")] = None,
-        mask: Annotated[UploadFile | None, File(description="white where the garment goes")] = None,
-        pose: Annotated[UploadFile | None, File(description="OpenPose keypoints JSON")] = None,
-        pose_format: Annotated[str, Form()] = "openpose",
-        seed: Annotated[int, Form()] = 0,
-        steps: Annotated[int | None, Form()] = None,
+        person: Annotated[UploadFile, File(description="the person photo")],
+        cloth: Annotated[UploadFile, File(description="the garment to put on")],
+        pose: Annotated[UploadFile, File(description="the person's keypoints JSON")],
+        mask: Annotated[
+            UploadFile | None, File(description="white where the garment goes (left out: made from the pose)")
+        ] = None,
+        garment: Annotated[
+            Literal["upper", "dress", "lower"], Form(description="what the automatic mask makes room for")
+        ] = "upper",
+        pose_format: Annotated[Literal["openpose", "dresscode"], Form()] = "openpose",
+        seed: Seed = 0,
+        steps: Steps = None,
     ) -> JSONResponse:
         svc.need_head("tryon", "person")
-        seed, steps = _seed(seed), _steps(steps)
-        if pose_format not in ("openpose", "dresscode"):
-            raise InputError(422, "pose_format", f"pose_format: expected openpose or dresscode, got {pose_format!r}")
+        steps = steps if steps is not None else svc.steps
         person_im = _read_upload(person, "person", limits)
         cloth_im = _read_upload(cloth, "cloth", limits)
-        mask_im = _read_upload(mask, "mask", limits)
-        if pose is None:
-            raise InputError(422, "pose", "pose: missing (upload the person's keypoints JSON)")
+        mask_im = None if mask is None else _read_upload(mask, "mask", limits).convert("L")
         pose_bytes = pose.file.read(limits.max_pose_bytes + 1)
         if len(pose_bytes) > limits.max_pose_bytes:
             raise InputError(413, "pose", f"pose: more than {limits.max_pose_bytes:,} bytes")
@@ -480,7 +687,8 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
                 return svc.model.try_on(
                     person_im,
                     cloth_im,
-                    mask=mask_im.convert("L"),
+                    mask=mask_im,
+                    garment=garment,
                     pose=path,
                     pose_format=pose_format,
                     seed=seed,
@@ -490,14 +698,18 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
 
         return _submit("tryon", work)
 
-    @app.get("/api/jobs/{job_id}")
+    @app.get("/api/jobs/{job_id}", response_model=schema.Job, responses=schema.errors(401, 404, 429))
     def job_status(job_id: str) -> dict:
         job = svc.jobs.get(job_id)
         if job is None:
             raise InputError(404, "job_id", f"job_id: no job {job_id!r} (finished jobs are kept for a while)")
         return job.public()
 
-    @app.get("/api/jobs/{job_id}/image")
+    @app.get(
+        "/api/jobs/{job_id}/image",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **schema.errors(404, 409)},
+    )
     def job_image(job_id: str) -> Response:
         job = svc.jobs.get(job_id)
         if job is None:
@@ -505,6 +717,93 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
         if job.status != "done" or job.png is None:
             raise InputError(409, "job_id", f"job_id: job {job_id} is {job.status}, not done")
         return Response(job.png, media_type="image/png")
+
+
+# -- the contract --------------------------------------------------------------------------
+
+
+def _string_branch(prop: dict) -> dict:
+    """The ``{"type": "string"}`` part of a property (FastAPI writes ``str | None`` as anyOf)."""
+    for branch in prop.get("anyOf", ()):
+        if branch.get("type") == "string":
+            return branch
+    return prop
+
+
+def _contract(openapi: dict, svc: Service) -> dict:
+    """What FastAPI cannot say from the signatures, added to its schema: the texts accepted, this catalog's
+    categories, attribute values and caption styles as enums, either-or fields, the media type of every
+    upload, 401/429 only where this service can answer them, and the key scheme."""
+    openapi = copy.deepcopy(openapi)
+    components = openapi.setdefault("components", {})
+    schemas = components.get("schemas", {})
+    categories = ["", *svc.catalog.categories()]
+    values = svc.catalog.attribute_values()
+    pairs = [f"{n}:{v}" for n, vs in values.items() for v in vs]
+    styles = list(svc.model.captioner.styles) if "captioning" in svc.model.heads else []
+    for path, item in openapi.get("paths", {}).items():
+        for op in item.values():
+            if not svc.rate_limited and not path.startswith(("/api/generate", "/api/tryon")):
+                op.get("responses", {}).pop("429", None)
+            if svc.keys is None or _open_route(path):
+                op.get("responses", {}).pop("401", None)
+            elif svc.keys is not None:
+                op["security"] = [{"ApiKey": []}, {"Bearer": []}]
+            content = op.get("requestBody", {}).get("content", {})
+            for media, body in content.items():
+                ref = body.get("schema", {}).get("$ref", "")
+                target = schemas.get(ref.rsplit("/", 1)[-1]) if ref else body.get("schema")
+                if not target:
+                    continue
+                props = target.get("properties", {})
+                for name, prop in props.items():
+                    if name == "text" and path != "/api/generate":
+                        _string_branch(prop)["pattern"] = VISIBLE_TEXT
+                    if name == "category":
+                        _string_branch(prop)["enum"] = categories
+                    if name == "style" and styles:
+                        _string_branch(prop)["enum"] = styles
+                    if name == "attributes":
+                        obj = next((b for b in prop.get("anyOf", [prop]) if b.get("type") == "object"), prop)
+                        obj.pop("additionalProperties", None)
+                        obj["properties"] = {n: {"type": "string", "enum": vs} for n, vs in values.items()}
+                        obj["additionalProperties"] = False
+                    if name == "attribute":
+                        arr = next((b for b in prop.get("anyOf", [prop]) if b.get("type") == "array"), prop)
+                        arr["items"] = (
+                            {"type": "string", "enum": pairs}
+                            if len(pairs) <= _ENUM_LIMIT
+                            else {"type": "string", "pattern": "^[^:]+:.+$"}
+                        )
+                        arr["uniqueItems"] = True
+                if media == "multipart/form-data":
+                    for prop in props.values():  # a form has no null: an optional field is left out
+                        branches = [b for b in prop.get("anyOf", ()) if b.get("type") != "null"]
+                        if "anyOf" in prop and len(branches) == 1:
+                            del prop["anyOf"]
+                            prop.update(branches[0])
+                    body["encoding"] = {
+                        name: {"contentType": "application/json" if name == "pose" else IMAGE_TYPES}
+                        for name, prop in props.items()
+                        if any(b.get("format") == "binary" for b in prop.get("anyOf", [prop]))
+                        or prop.get("contentMediaType") == "application/octet-stream"
+                        or any(b.get("contentMediaType") == "application/octet-stream" for b in prop.get("anyOf", []))
+                    }
+                if path == "/api/search/composed":
+                    target["oneOf"] = [{"required": ["image"]}, {"required": ["product_id"]}]
+                if path == "/api/generate":
+                    target["anyOf"] = [
+                        {"required": ["image"]},
+                        {"required": ["text"], "properties": {"text": {"type": "string", "pattern": VISIBLE_TEXT}}},
+                    ]
+    if svc.keys is not None:
+        components.setdefault("securitySchemes", {}).update(
+            {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            }
+        )
+    return openapi
 
 
 def load_service(model_path: str | os.PathLike, catalog_path: str | os.PathLike, device: str = "cpu"):
@@ -526,21 +825,37 @@ def serve(
     limits: Limits | None = None,
     steps: int | None = None,
     device: str = "cpu",
+    keys_path: str | os.PathLike | None = None,
+    allow_anonymous: bool = False,
+    cors_origins: tuple[str, ...] = (),
 ) -> None:
-    import uvicorn
-
-    model, catalog = load_service(model_path, catalog_path, device)
-    app = create_app(model, catalog, limits, steps=steps)
+    """Run the service. Keys come from ``keys_path`` (default: ``api-keys.json`` in the catalog
+    folder); off a loopback address the service refuses to start without one unless
+    ``allow_anonymous``."""
     import logging
     import sys
 
+    import uvicorn
+
+    from unifashion.serve.auth import KEYS_FILE, is_loopback
+
+    keys = KeyStore(keys_path if keys_path is not None else Path(catalog_path) / KEYS_FILE)
+    if not keys.keys and not allow_anonymous and not is_loopback(host):
+        raise UniFashionError(
+            f"--host {host}: serving beyond this machine without API keys; make one with "
+            f"`unifashion keys add NAME --catalog {catalog_path}` (kept in {keys.path}), "
+            "or pass --no-auth to serve without keys"
+        )
+    model, catalog = load_service(model_path, catalog_path, device)
+    app = create_app(model, catalog, limits, steps=steps, keys=keys, cors_origins=cors_origins)
     access = logging.getLogger("unifashion.serve.access")  # one JSON line per request, on stderr
     if not access.handlers:
         access.addHandler(logging.StreamHandler(sys.stderr))
     access.setLevel(logging.INFO)
     access.propagate = False
+    auth = f"{len(keys.keys)} API keys from {keys.path}" if keys.keys else "no API keys"
     print(
-        f"UniFashion: {len(catalog)} products, heads {', '.join(model.heads)}, on {model.device}; "
+        f"UniFashion: {len(catalog)} products, heads {', '.join(model.heads)}, on {model.device}, {auth}; "
         f"open http://{host}:{port}/"
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -3,13 +3,17 @@
 Images: at most ``max_upload_bytes``, JPEG / PNG / WebP only, at most ``max_image_pixels``
 (checked from the header before any pixel is decoded, so a decompression bomb costs nothing),
 fully decodable (a truncated file is refused, not half-read). Texts: Unicode NFC, control and
-format characters (zero-width joiners, bidi overrides, lone surrogates) dropped, whitespace
-collapsed, not empty, at most ``max_text_chars``.
+format characters of the Basic Multilingual Plane (zero-width joiners, bidi overrides) and lone
+surrogates dropped, whitespace collapsed, not empty, at most ``max_text_chars`` as sent. Which
+characters count as invisible is a fixed list (``INVISIBLE``), not the running Python's Unicode
+tables, so the API schema's ``VISIBLE_TEXT`` pattern says exactly which texts are accepted.
+
 """
 
 from __future__ import annotations
 
 import io
+import re
 import unicodedata
 import warnings
 from dataclasses import dataclass
@@ -18,8 +22,41 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-# Unicode categories removed from texts: control, format, surrogate, private use, unassigned.
-_DROPPED = {"Cc", "Cf", "Cs", "Co", "Cn"}
+# Code point ranges a text may not consist of alone: white space, control characters (Cc), format
+# characters of the Basic Multilingual Plane (Cf: soft hyphen, zero-width and bidi controls, BOM)
+# and surrogates (Cs), as of Unicode 14. White space becomes a space; the rest is dropped.
+INVISIBLE = (
+    (0x0000, 0x0020),
+    (0x007F, 0x00A0),
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x1680, 0x1680),
+    (0x180E, 0x180E),
+    (0x2000, 0x200F),
+    (0x2028, 0x202F),
+    (0x205F, 0x2064),
+    (0x2066, 0x206F),
+    (0x3000, 0x3000),
+    (0xD800, 0xDFFF),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+)
+
+
+def _char_class(ranges) -> str:
+    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+
+
+# A text is accepted when it has one character outside INVISIBLE (the OpenAPI ``pattern`` of every
+# text field; JSON Schema patterns match anywhere in the string). The pattern leaves surrogates out:
+# they are not characters to a schema validator, and neither UTF-8 forms nor our JSON parser take one.
+VISIBLE_TEXT = f"[^{_char_class(r for r in INVISIBLE if r != (0xD800, 0xDFFF))}]"
+_INVISIBLE_RE = re.compile(f"[{_char_class(INVISIBLE)}]")
 
 
 @dataclass(frozen=True)
@@ -35,6 +72,9 @@ class Limits:
     # collected for at most this long after the first one arrives.
     max_batch: int = 16
     batch_wait_ms: float = 5.0
+    # Requests a minute per client (per key with API keys, else per address); None: no limit.
+    # A key's own limit, when it has one, replaces this.
+    rate_per_minute: float | None = None
 
 
 class InputError(Exception):
@@ -99,10 +139,8 @@ def clean_text(text: object, field: str, limits: Limits) -> str:
     if len(text) > limits.max_text_chars:
         raise InputError(422, field, f"{field}: {len(text):,} characters; at most {limits.max_text_chars:,}")
     text = unicodedata.normalize("NFC", text)
-    kept = "".join(
-        " " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or unicodedata.category(ch) not in _DROPPED
-    )
-    kept = " ".join(kept.split())
+    kept = _INVISIBLE_RE.sub(lambda m: " " if m.group().isspace() else "", text)
+    kept = " ".join(w for w in kept.split(" ") if w)
     if not kept:
         raise InputError(422, field, f"{field}: empty text (nothing left to search for)")
     return kept

@@ -381,6 +381,19 @@ def test_generate_tryon_and_design_commands_write_images(with_heads, tmp_path):
     src = fit_image(Image.open(person), hw).astype(int)
     keep = fit_mask(ImageRef(str(data / s["agnostic_mask"])), hw) <= 0.5
     assert np.array_equal(tryon[keep], src[keep])
+    # --mask auto: the region comes from the pose; outside it the person is kept just the same.
+    auto = [*common, "--cloth", str(data / s["cloth"]), "--out", str(tmp_path / "auto.png")]
+    auto[auto.index("--mask") + 1] = "auto"
+    assert cli.main(["tryon", *auto, "--garment", "upper"]) == 0
+    from unifashion.data.pose import garment_mask, load_pose
+
+    w, h = Image.open(person).size
+    region = Image.fromarray(garment_mask(load_pose(data / s["pose"], "openpose", w, h), w, h).astype(np.uint8) * 255)
+    region.save(tmp_path / "region.png")
+    keep = fit_mask(ImageRef(str(tmp_path / "region.png")), hw) <= 0.5
+    tryon_auto = np.asarray(Image.open(tmp_path / "auto.png")).astype(int)
+    assert keep.mean() > 0.3 and np.array_equal(tryon_auto[keep], src[keep])
+    assert not np.array_equal(tryon_auto, tryon)
 
 
 def test_bad_requests_get_clear_errors(with_heads, tmp_path, capsys):

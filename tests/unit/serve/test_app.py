@@ -231,6 +231,23 @@ def test_try_on_runs_as_a_job_and_gives_the_models_image(served, shop):
         seed=1,
     )[0]
     np.testing.assert_array_equal(got, np.asarray(want))
+    # No mask: the service makes one from the pose, as the model does without one.
+    no_mask = {k: v for k, v in files.items() if k != "mask"}
+    r = client.post("/api/tryon", files=no_mask, data={"steps": "2", "seed": "1", "garment": "dress"})
+    assert r.status_code == 202, r.text
+    state = _wait(client, r.json())
+    auto = np.asarray(Image.open(io.BytesIO(client.get(state["image_url"]).content)))
+    want = model.try_on(
+        Image.open(shop.data / paths["person"]).convert("RGB"),
+        Image.open(shop.data / paths["cloth"]).convert("RGB"),
+        garment="dress",
+        pose=shop.data / paths["pose"],
+        steps=2,
+        seed=1,
+    )[0]
+    np.testing.assert_array_equal(auto, np.asarray(want))
+    assert not np.array_equal(auto, got)  # another region painted
+    _error(client.post("/api/tryon", files=no_mask, data={"garment": "hat"}), 422, "garment")
     bad = dict(files, pose=("pose.json", b"{not json"))
     _error(client.post("/api/tryon", files=bad), 422, "pose")
     _error(client.post("/api/tryon", files={k: v for k, v in files.items() if k != "cloth"}), 422, "cloth")
@@ -345,10 +362,11 @@ def test_lone_surrogates_and_invalid_utf8(served):
     client, _, _ = served
     r = client.post("/api/search/text", content=b'{"text": "\\ud800"}', headers={"content-type": "application/json"})
     _error(r, 422, "text")
+    # A lone surrogate is not a Unicode character: refused wherever it is (the schema's strings are Unicode).
     r = client.post(
         "/api/search/text", content=b'{"text": "red \\ud800dress"}', headers={"content-type": "application/json"}
     )
-    assert r.status_code == 200 and r.json()["query"]["text"] == "red dress"
+    _error(r, 422, "text")
     png = _png(Image.new("RGB", (32, 32), (0, 200, 0)))
     r = client.post("/api/search/composed", files={"image": ("a.png", png)}, data={"text": b"in \xed\xa0\x80red"})
     assert r.status_code in (200, 422), r.text  # undecodable form bytes: replaced or refused, never a 500
@@ -576,3 +594,131 @@ def test_metrics_count_time_and_label_every_request_and_log_it_as_json(served, c
         ("POST", "/api/search/text", 422),
     ]
     assert all(x["ms"] >= 0 and x["path"].startswith("/api/") for x in lines)
+
+
+def test_attribute_filters_keep_only_matching_products(served):
+    client, _, catalog = served
+    values = client.get("/api/attributes").json()["attributes"]
+    assert values == catalog.attribute_values() and len(values["colour"]) >= 2
+    colour = values["colour"][0]
+    r = client.post("/api/search/text", json={"text": "a garment", "k": 48, "attributes": {"colour": colour}})
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    want = {p for p in catalog.ids if catalog.product(p)["attributes"].get("colour") == colour}
+    assert {x["id"] for x in got} == want and all(x["attributes"]["colour"] == colour for x in got)
+    # Form filters: several values of one name match any of them; names must all match.
+    two = values["colour"][:2]
+    png = _png(Image.new("RGB", (32, 32), (200, 30, 30)))
+    r = client.post(
+        "/api/search/image",
+        files={"image": ("a.png", png)},
+        data={"k": "48", "attribute": [f"colour:{two[0]}", f"colour:{two[1]}", "pattern:solid"]},
+    )
+    assert r.status_code == 200, r.text
+    want = {
+        p
+        for p in catalog.ids
+        if catalog.product(p)["attributes"].get("colour") in two
+        and catalog.product(p)["attributes"].get("pattern") == "solid"
+    }
+    assert {x["id"] for x in r.json()["results"]} == want and want
+    assert "no product has colour='puce'" in _error(
+        client.post("/api/search/text", json={"text": "a top", "attributes": {"colour": "puce"}}), 422, "attributes"
+    )
+    assert "names:" in _error(
+        client.post("/api/search/image", files={"image": ("a.png", png)}, data={"attribute": "fabric:silk"}),
+        422,
+        "attribute",
+    )
+    _error(
+        client.post("/api/search/image", files={"image": ("a.png", png)}, data={"attribute": "red"}), 422, "attribute"
+    )
+
+
+def test_more_like_this_is_the_image_ranking_without_the_product(served):
+    client, _, catalog = served
+    pid = catalog.ids[4]
+    r = client.post("/api/search/similar", json={"product_id": pid, "k": 5})
+    assert r.status_code == 200, r.text
+    got = [x["id"] for x in r.json()["results"]]
+    means = catalog.vectors.means
+    scores = means @ means[catalog.ids.index(pid)]
+    order = [catalog.ids[i] for i in np.argsort(-scores, kind="stable") if catalog.ids[i] != pid]
+    assert got == order[:5] and r.json()["kind"] == "similar"
+    _error(client.post("/api/search/similar", json={"product_id": "nope"}), 404, "product_id")
+
+
+def test_refine_a_result_composed_search_from_a_catalog_product(served, products):
+    """Composed search with product_id is composed search with that product's image, minus the product."""
+    client, _, catalog = served
+    pid, text = catalog.ids[6], "is blue with long sleeves"
+    by_id = client.post("/api/search/composed", data={"product_id": pid, "text": text, "k": "8"})
+    upload = client.post(
+        "/api/search/composed",
+        files={"image": ("r.png", catalog.image(pid)[0], "image/png")},
+        data={"text": text, "k": "9"},
+    )
+    assert by_id.status_code == 200 and upload.status_code == 200, (by_id.text, upload.text)
+    assert [x["id"] for x in by_id.json()["results"]] == [x["id"] for x in upload.json()["results"] if x["id"] != pid][
+        :8
+    ]
+    assert by_id.json()["query"]["image"] == f"product {pid}"
+    png = _png(Image.new("RGB", (32, 32), (0, 0, 200)))
+    both = client.post("/api/search/composed", files={"image": ("a.png", png)}, data={"product_id": pid, "text": text})
+    assert "one of the two" in _error(both, 422, "image")
+    assert "one of the two" in _error(client.post("/api/search/composed", data={"text": text}), 422, "image")
+    _error(client.post("/api/search/composed", data={"product_id": "nope", "text": text}), 404, "product_id")
+
+
+@pytest.fixture(scope="module")
+def guarded(shop, tmp_path_factory):
+    from unifashion.serve.auth import KeyStore
+
+    keys = KeyStore(tmp_path_factory.mktemp("keys") / "keys.json")
+    slow, fast = keys.add("slow", per_minute=3), keys.add("fast")
+    model, catalog = load_service(shop.model, shop.catalog)
+    app = create_app(model, catalog, Limits(rate_per_minute=600), keys=keys, cors_origins=("https://shop.example",))
+    with TestClient(app) as client:
+        yield client, catalog, slow, fast
+
+
+def test_api_keys_guard_every_api_route_but_health_and_images(guarded):
+    client, catalog, _, fast = guarded
+    r = client.get("/api/categories")
+    assert "API key missing" in _error(r, 401, "X-API-Key") and r.headers["www-authenticate"] == "Bearer"
+    assert "not a key" in _error(client.get("/api/categories", headers={"X-API-Key": "uf_wrong"}), 401, "X-API-Key")
+    assert client.get("/api/categories", headers={"X-API-Key": fast}).status_code == 200
+    assert client.get("/api/categories", headers={"Authorization": f"Bearer {fast}"}).status_code == 200
+    r = client.post("/api/search/text", json={"text": "a red dress"}, headers={"Authorization": f"Bearer {fast}"})
+    assert r.status_code == 200 and len(r.json()["results"]) == 12
+    _error(client.post("/api/search/text", json={"text": "a red dress"}), 401, "X-API-Key")
+    _error(client.get("/metrics"), 401, "X-API-Key")
+    assert client.get("/metrics", headers={"X-API-Key": fast}).status_code == 200
+    # Open: the page, its docs, health probes and images (an <img> cannot send a header).
+    health = client.get("/api/health")
+    assert health.status_code == 200 and health.json()["auth"] is True
+    assert client.get("/").status_code == 200 and client.get("/openapi.json").status_code == 200
+    assert client.get(f"/api/products/{catalog.ids[0]}/image").status_code == 200
+
+
+def test_rate_limits_answer_429_with_retry_after_per_key(guarded):
+    client, _, slow, fast = guarded
+    codes = [client.get("/api/categories", headers={"X-API-Key": slow}).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    r = client.get("/api/categories", headers={"X-API-Key": slow})
+    assert "3 requests a minute for this key" in _error(r, 429, None)
+    assert 1 <= int(r.headers["retry-after"]) <= 20
+    # Another key has its own bucket (the service default, 600 a minute).
+    assert all(client.get("/api/categories", headers={"X-API-Key": fast}).status_code == 200 for _ in range(10))
+
+
+def test_cors_answers_only_the_allowed_origin(guarded):
+    client, *_ = guarded
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key,content-type"}
+    ok = client.options("/api/search/text", headers={"Origin": "https://shop.example", **preflight})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://shop.example"
+    assert "x-api-key" in ok.headers["access-control-allow-headers"].lower()
+    other = client.options("/api/search/text", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in other.headers
+    plain = client.get("/api/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in plain.headers
