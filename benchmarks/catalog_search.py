@@ -1,6 +1,9 @@
-"""Search latency against catalog size: FAISS exact, FAISS HNSW, FAISS IVF and NumPy brute force.
+"""Search latency against catalog size: FAISS exact, FAISS HNSW, FAISS IVF, NumPy brute force, and
+Milvus IVF_FLAT (the engine of ``--engine-uri`` catalogs).
 
     python benchmarks/catalog_search.py [--sizes 1000,10000,100000] [--queries 300] [--catalog CATALOG]
+    python benchmarks/catalog_search.py --kinds ivf,milvus --engine-dir /tmp/milvus   # starts a local server
+    python benchmarks/catalog_search.py --kinds ivf,milvus --engine-uri http://host:19530  # or a cluster's
 
 All kinds run side by side in one process on the same vectors and queries (one query at a
 time, k=10, as a search request does). Vectors: a real catalog's image query vectors (``--catalog``,
@@ -36,10 +39,33 @@ def vectors_for(n: int, n_queries: int, pool, dim: int, rng) -> tuple[np.ndarray
     return _unit(base), _unit(queries)
 
 
-def measure(kind: str, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[dict, np.ndarray]:
-    t0 = time.perf_counter()
-    index = VectorIndex(base.shape[1], kind)
+def _milvus_index(base: np.ndarray, uri: str):
+    """Milvus IVF_FLAT at every size (FAISS IVF's cells-per-vector rule and nprobe), through the catalog's
+    own MilvusIndex."""
+    import tempfile
+    import uuid
+
+    from unifashion.catalog import milvus
+
+    milvus.EXACT_UP_TO = 0
+    index = milvus.MilvusIndex(base.shape[1], uri)
     index.add(base, np.arange(len(base)))
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(f"{tmp}/p.json", name)
+        loaded = milvus.MilvusIndex.load(f"{tmp}/p.json", base.shape[1])
+    return loaded, name
+
+
+def measure(
+    kind: str, base: np.ndarray, queries: np.ndarray, k: int, uri: str | None = None
+) -> tuple[dict, np.ndarray]:
+    t0 = time.perf_counter()
+    if kind == "milvus":
+        index, collection = _milvus_index(base, uri)
+    else:
+        index = VectorIndex(base.shape[1], kind)
+        index.add(base, np.arange(len(base)))
     build = time.perf_counter() - t0
     index.search(queries[:5], k)  # warm-up
     times, found = [], []
@@ -48,6 +74,10 @@ def measure(kind: str, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[d
         _, ids = index.search(q[None], k)
         times.append(time.perf_counter() - t)
         found.append(ids[0])
+    if kind == "milvus":
+        from unifashion.catalog.milvus import _client
+
+        _client(uri).drop_collection(collection)
     ms = np.asarray(times) * 1000
     return {
         "build_s": round(build, 3),
@@ -65,7 +95,23 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--catalog", default=None, help="take the vectors from this catalog's query vectors")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine-uri", default=None, help="Milvus to measure (kind milvus)")
+    parser.add_argument("--engine-dir", default=None, help="start a local Milvus server with data here")
     args = parser.parse_args()
+    server = None
+    if "milvus" in args.kinds.split(","):
+        if args.engine_uri is None and args.engine_dir is None:
+            raise SystemExit("kind milvus: give --engine-uri URI or --engine-dir DIR (a local server)")
+        if args.engine_uri is None:
+            import socket
+
+            from unifashion.catalog.milvus import run_local_server
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            server = run_local_server(args.engine_dir, port)
+            args.engine_uri = f"http://127.0.0.1:{port}"
     rng = np.random.default_rng(args.seed)
     pool = None
     if args.catalog:
@@ -87,7 +133,7 @@ def main() -> None:
         exact = np.argsort(-(queries @ base.T), axis=1)[:, : args.k]
         row = {}
         for kind in args.kinds.split(","):
-            stats, found = measure(kind, base, queries, args.k)
+            stats, found = measure(kind, base, queries, args.k, args.engine_uri)
             stats["recall_at_k"] = round(
                 float(np.mean([len(set(f) & set(e)) / args.k for f, e in zip(found, exact, strict=True)])), 4
             )
@@ -98,6 +144,8 @@ def main() -> None:
         out["sizes"][str(n)] = row
         print(json.dumps({str(n): row}), flush=True)
     print(json.dumps(out, indent=2))
+    if server is not None:
+        server.stop()
 
 
 if __name__ == "__main__":

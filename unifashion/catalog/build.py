@@ -160,9 +160,14 @@ def build_catalog(
     limit: int | None = None,
     progress: bool = True,
     device: str = "cpu",
+    engine_uri: str | None = None,
 ) -> Catalog:
     """Embed the products of ``data`` with the model at ``model_path`` (on ``device``) into a new
-    version of ``out``."""
+    version of ``out``; with ``engine_uri`` its indexes go to that Milvus server or cluster."""
+    if engine_uri is not None:  # reachable, before minutes of embedding
+        from unifashion.catalog.milvus import _client
+
+        _client(engine_uri)
     model = _load_model(model_path, device)
     products = read_products(data, splits)[:limit]
     entries, vectors, source = embed_products(
@@ -180,6 +185,7 @@ def build_catalog(
         approximate_above=approximate_above,
         caption_weight=caption_weight,
         caption_source=source,
+        engine_uri=engine_uri,
     )
 
 

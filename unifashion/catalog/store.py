@@ -172,6 +172,10 @@ def _remove_unless_open(version_dir: Path) -> bool:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        if any(version_dir.glob("*.milvus.json")):
+            from unifashion.catalog.milvus import drop_collections
+
+            drop_collections(version_dir)
         shutil.rmtree(version_dir, ignore_errors=True)
         return True
 
@@ -249,6 +253,48 @@ def _save_vectors(path: Path, rows: np.ndarray, vectors: ProductVectors) -> None
     )
 
 
+def _map_vectors(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file, memory-mapped (read-only): a catalog too large for memory is
+    read from disk page by page, only where a search re-scores candidates."""
+    import struct
+
+    dtypes = {"F32": np.float32, "I64": np.int64}
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, struct.error) as exc:
+        raise CatalogError(f"{path}: unreadable vectors file ({exc})") from None
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta.get("dtype") not in dtypes:
+            raise CatalogError(f"{path}: {name} is {meta.get('dtype')}, expected F32 or I64")
+        start, end = meta["data_offsets"]
+        shape = tuple(meta["shape"])
+        if end == start:
+            out[name] = np.zeros(shape, dtypes[meta["dtype"]])
+            continue
+        out[name] = np.memmap(path, dtype=dtypes[meta["dtype"]], mode="r", offset=8 + length + start, shape=shape)
+    return out
+
+
+def _exact(index) -> bool:
+    """Whether an index returns the true top k (FAISS flat; Milvus FLAT, chosen for small collections)."""
+    return bool(getattr(index, "exact", index.kind == "flat"))
+
+
+def _new_index(manifest: dict[str, Any], name: str):
+    """An empty index of ``name`` as the manifest says (kind; the engine for a Milvus catalog)."""
+    kind = manifest["kinds"][name]
+    if kind == "milvus":
+        from unifashion.catalog.milvus import MilvusIndex
+
+        return MilvusIndex(int(manifest["dim"]), manifest["engine"]["uri"])
+    return VectorIndex(int(manifest["dim"]), kind)
+
+
 def _index_ids(name: str, rows: np.ndarray, per_product: int) -> np.ndarray:
     """Vector ids of these rows in index ``name``: ``row * Q + q`` for the query vectors, the row otherwise."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -282,18 +328,13 @@ class Catalog:
         if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
             raise CatalogError(f"{self.path / 'catalog.json'}: not a version-{FORMAT_VERSION} UniFashion catalog")
         self._hold = _hold_version(self.path)
-        from safetensors.numpy import load_file
-
-        stored = load_file(os.fspath(self.path / "vectors.safetensors"))
-        self.rows = stored["rows"]
+        stored = _map_vectors(self.path / "vectors.safetensors")
+        self.rows = np.array(stored["rows"])
         self.vectors = ProductVectors(stored["queries"], stored["means"], stored["captions"])
         self._pos = {int(r): i for i, r in enumerate(self.rows.tolist())}
         self.dim = int(self.manifest["dim"])
         self.queries_per_product = int(self.manifest["queries_per_product"])
-        self.indexes = {
-            name: VectorIndex.load(self.path / f"{name}.faiss", self.dim, self.manifest["kinds"][name])
-            for name in INDEXES
-        }
+        self.indexes = {name: self._load_index(name) for name in INDEXES}
         self._db = sqlite3.connect(f"file:{self.path / 'products.sqlite'}?mode=ro", uri=True, check_same_thread=False)
         self._db_lock = threading.Lock()
         with self._db_lock:
@@ -310,6 +351,17 @@ class Catalog:
         self._attribute_values = {name: sorted(v) for name, v in sorted(values.items())}
         if set(self._ids) != set(self._pos):
             raise CatalogError(f"{self.path}: products.sqlite and vectors.safetensors list different products")
+
+    def _load_index(self, name: str):
+        kind = self.manifest["kinds"][name]
+        if kind == "milvus":
+            from unifashion.catalog.milvus import POINTER_SUFFIX, MilvusIndex
+
+            return MilvusIndex.load(self.path / f"{name}{POINTER_SUFFIX}", self.dim)
+        return VectorIndex.load(self.path / f"{name}.faiss", self.dim, kind)
+
+    def _new_index(self, name: str):
+        return _new_index(self.manifest, name)
 
     # -- opening and writing --------------------------------------------------------
 
@@ -341,7 +393,13 @@ class Catalog:
                 fill_db(tmp / "products.sqlite")
                 _save_vectors(tmp / "vectors.safetensors", rows, vectors)
                 for name, index in make_indexes().items():
-                    index.save(tmp / f"{name}.faiss")
+                    if index.kind == "milvus":
+                        from unifashion.catalog.milvus import POINTER_SUFFIX, collection_name
+
+                        prefix = manifest["engine"]["prefix"]
+                        index.save(tmp / f"{name}{POINTER_SUFFIX}", collection_name(prefix, version, name))
+                    else:
+                        index.save(tmp / f"{name}.faiss")
                 manifest = {
                     **manifest,
                     "format": FORMAT,
@@ -373,13 +431,18 @@ class Catalog:
         approximate_above: int = APPROXIMATE_ABOVE,
         caption_weight: float = 0.0,
         caption_source: str | None = None,
+        engine_uri: str | None = None,
     ) -> Catalog:
-        """A new version holding exactly ``entries`` (replacing what ``folder`` held, atomically)."""
+        """A new version holding exactly ``entries`` (replacing what ``folder`` held, atomically).
+        ``engine_uri``: keep the indexes in the Milvus server or cluster there (``catalog/milvus.py``)."""
         folder = Path(folder)
         _check_entries(entries, vectors)
         rows = np.arange(len(entries), dtype=np.int64)
         q, e = vectors.queries.shape[1:]
-        kinds = _kinds(kind, len(entries) * q, len(entries), approximate_above)
+        if engine_uri is not None:
+            kinds = dict.fromkeys(INDEXES, "milvus")
+        else:
+            kinds = _kinds(kind, len(entries) * q, len(entries), approximate_above)
         manifest = {
             "dim": int(e),
             "queries_per_product": int(q),
@@ -390,11 +453,15 @@ class Catalog:
             "caption_source": caption_source,
             "model": model,
         }
+        if engine_uri is not None:
+            import uuid
+
+            manifest["engine"] = {"kind": "milvus", "uri": engine_uri, "prefix": f"uf_{uuid.uuid4().hex[:12]}"}
 
         def make_indexes() -> dict[str, VectorIndex]:
             out = {}
             for name in INDEXES:
-                index = VectorIndex(int(e), kinds[name])
+                index = _new_index(manifest, name)
                 index.add(*_index_inputs(name, rows, vectors))
                 out[name] = index
             return out
@@ -457,8 +524,9 @@ class Catalog:
         out = {}
         for name in INDEXES:
             kind = self.indexes[name].kind
-            if drop and not self.indexes[name].supports_remove:
-                index = VectorIndex(self.dim, kind)
+            # Milvus collections are never changed in place: a new version gets new ones.
+            if kind == "milvus" or (drop and not self.indexes[name].supports_remove):
+                index = self._new_index(name)
                 index.add(*_index_inputs(name, rows, vectors))
             else:
                 index = VectorIndex.load(self.path / f"{name}.faiss", self.dim, kind)
@@ -572,7 +640,7 @@ class Catalog:
         excluded = {self._row_of[i] for i in exclude if i in self._row_of}
         per = self.queries_per_product if by == "queries" else 1
         n_captioned = self.indexes["captions"].ntotal
-        exact = self.indexes[by].kind == "flat" and self.indexes["captions"].kind == "flat"
+        exact = _exact(self.indexes[by]) and _exact(self.indexes["captions"])
         fetch = min(n, k + len(excluded))
         for _ in range(64 if exact else 3):  # exact indexes: until the answer is provably complete
             scores, ids = self.indexes[by].search(vector[None], fetch * per)
@@ -618,6 +686,9 @@ class Catalog:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
+        for index in self.indexes.values():
+            if hasattr(index, "close"):
+                index.close()
         self._hold.close()  # releases the version for the writers' clean-up
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ def cmd_catalog_build(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.quiet,
         device=args.device,
+        engine_uri=args.engine_uri,
     )
     print(
         f"{catalog.folder}: {len(catalog)} products ({catalog.version}; indexes "
@@ -74,6 +75,26 @@ def cmd_catalog_info(args: argparse.Namespace) -> int:
         "categories": catalog.categories(),
     }
     print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_catalog_engine(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from unifashion.catalog.milvus import run_local_server
+
+    server = run_local_server(args.dir, args.port)
+    print(f"Milvus on http://127.0.0.1:{args.port} (data in {args.dir}); Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            if server.server_proc.poll() is not None:
+                raise UniFashionError(f"the Milvus server stopped (logs in {args.dir}/logs)")
+    finally:
+        server.stop()
     return 0
 
 
@@ -168,6 +189,13 @@ def register(sub) -> None:
     )
     p.add_argument("--approximate-above", type=int, default=APPROXIMATE_ABOVE)
     p.add_argument(
+        "--engine-uri",
+        default=None,
+        metavar="URI",
+        help="keep the indexes in Milvus at URI (a cluster, or `unifashion catalog engine`), e.g. "
+        "http://127.0.0.1:19530; token from UNIFASHION_MILVUS_TOKEN",
+    )
+    p.add_argument(
         "--caption-weight",
         type=float,
         default=None,
@@ -194,6 +222,11 @@ def register(sub) -> None:
     p.add_argument("--catalog", required=True)
     p.add_argument("--ids", nargs="+", required=True)
     p.set_defaults(func=cmd_catalog_remove)
+
+    p = csub.add_parser("engine", help="run a local Milvus server for --engine-uri (until Ctrl-C)")
+    p.add_argument("--dir", required=True, help="where the server keeps its data")
+    p.add_argument("--port", type=int, default=19530)
+    p.set_defaults(func=cmd_catalog_engine)
 
     p = csub.add_parser("info", help="print the catalog's manifest")
     p.add_argument("--catalog", required=True)

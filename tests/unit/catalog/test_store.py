@@ -256,3 +256,19 @@ def test_clean_up_keeps_a_version_that_a_reader_still_has_open(tmp_path):
     kept = sorted(p.name for p in folder.glob("v[0-9]*"))
     assert len(kept) == 2 and kept[-1] == newest.version
     newest.close()
+
+
+def test_stored_vectors_are_memory_mapped_not_read(tmp_path):
+    """A catalog larger than memory opens: its vectors are mapped from the version's file (read-only)
+    and only the pages a search re-scores are read."""
+    entries, vectors = _products(40)
+    Catalog.create(tmp_path / "c", entries, vectors, model={})
+    cat = Catalog.open(tmp_path / "c")
+    for arr in (cat.vectors.queries, cat.vectors.means, cat.vectors.captions):
+        base = arr
+        while not isinstance(base, np.memmap) and getattr(base, "base", None) is not None:
+            base = base.base
+        assert isinstance(base, np.memmap) and not arr.flags.writeable
+    np.testing.assert_array_equal(cat.vectors.queries, vectors.queries)
+    assert cat.search(vectors.means[5], by="means", k=1)[0].id == "p5"
+    cat.close()
