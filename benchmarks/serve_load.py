@@ -13,6 +13,11 @@ list (one round each). ``--compare-batching`` runs every round twice in the same
 server with dynamic batching off (``--batch-size 1``) and one with it on (``--batch-size``, 16 by
 default), and prints their throughput ratio and p99 latencies side by side.
 
+``--saturate`` doubles the clients from 1 (search only) until a round has errors or a p99 over 5 s (or
+``--max-clients``), and prints the rounds as a table. Rounds with a generation job running report how much
+the search p99 grew (``p99_growth_with_generation``; the server runs generation steps between search
+passes, so it should stay under 1.5x).
+
 ``--model-pass`` measures, in this process and without HTTP, what batching can gain at most: the
 seconds of ``encode_composed`` for batches of 1, 4 and 16 catalog images (best of 5, image features
 not cached, as the server does for uploads), per request, and their ratio to a batch of one.
@@ -26,6 +31,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -43,15 +49,19 @@ def free_port() -> int:
 
 def start_server(model: str, catalog: str, port: int, batch_size: int = 16) -> subprocess.Popen:
     command = [sys.executable, "-m", "unifashion", "serve", "--model", model, "--catalog", catalog]
+    # The server writes a JSON line per request to stderr: a file, since a pipe nobody reads would fill
+    # and stall it.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen(
         [*command, "--port", str(port), "--batch-size", str(batch_size), "--device", "cpu"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     end = time.time() + 300
     while time.time() < end:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise SystemExit(f"server exited: {log.read().decode(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
                 return proc
@@ -143,11 +153,40 @@ def run_server_rounds(args, images, batch_size: int, clients: list[int]) -> dict
             rounds[str(n)] = {"search_only": load_round(url, images, n, args.seconds, False)}
             print(json.dumps({"batch_size": batch_size, **rounds[str(n)]["search_only"]}), flush=True)
             if not args.no_generation_round:
-                rounds[str(n)]["search_with_generation"] = load_round(url, images, n, args.seconds, True)
+                both = load_round(url, images, n, args.seconds, True)
+                both["p99_growth_with_generation"] = round(
+                    both["p99_ms"] / max(rounds[str(n)]["search_only"]["p99_ms"], 1e-9), 2
+                )
+                rounds[str(n)]["search_with_generation"] = both
+                print(json.dumps({"batch_size": batch_size, "with_generation": both}), flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     return rounds
+
+
+def saturate(args, images) -> list[dict]:
+    """Search-only rounds at 1, 2, 4, ... clients until errors or p99 > 5 s (or ``--max-clients``)."""
+    port = free_port()
+    proc = start_server(args.model, args.catalog, port, args.batch_size)
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        n = 1
+        while n <= args.max_clients:
+            row = load_round(url, images, n, args.seconds, False)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if row["errors"] or row["p99_ms"] > 5000:
+                break
+            n *= 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print("\n| clients | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['throughput_rps']} | {r['p50_ms']:,} | {r['p99_ms']:,} | {r['errors']} |")
+    return rows
 
 
 def model_pass(model_path: str, images: list[bytes], sizes=(1, 4, 16), repeats: int = 5) -> dict:
@@ -186,6 +225,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="the server's --batch-size")
     parser.add_argument("--compare-batching", action="store_true", help="also run every round with --batch-size 1")
     parser.add_argument("--model-pass", action="store_true", help="only time encode_composed by batch size")
+    parser.add_argument("--saturate", action="store_true", help="double the clients until errors or p99 > 5 s")
+    parser.add_argument("--max-clients", type=int, default=512)
     args = parser.parse_args()
     from unifashion.catalog.store import Catalog
 
@@ -194,6 +235,9 @@ def main() -> None:
     images = [cat.image(pid)[0] for pid in cat.ids[:64]]
     if args.model_pass:
         print(json.dumps({"encode_composed": model_pass(args.model, images)}, indent=2))
+        return
+    if args.saturate:
+        saturate(args, images)
         return
     result: dict = {"products": len(cat), "cpu_cores": os.cpu_count(), "seconds_per_round": args.seconds}
     settings = [1, args.batch_size] if args.compare_batching else [args.batch_size]

@@ -232,6 +232,16 @@ class UniFashion:
             self._captioner = Captioner.from_pretrained(self.source / CAPTION_FOLDER).to(self.device)
         return self._captioner
 
+    def load_heads(self) -> UniFashion:
+        """Load every head the checkpoint has now rather than on first use (a server's first caption or
+        picture then costs no loading time, which would hold up the requests behind it)."""
+        for task in self.heads:
+            if task == "captioning":
+                _ = self.captioner
+            elif task != "retrieval":
+                self.image_head(task)
+        return self
+
     def image_head(self, task: str) -> Generator:
         """The image head of ``task`` (``text2image``, ``tryon`` or ``design``), loaded on first use."""
         if task not in HEAD_FOLDERS:

@@ -32,7 +32,6 @@ import copy
 import json
 import os
 import tempfile
-import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -55,6 +54,7 @@ from unifashion.serve.batching import Batcher
 from unifashion.serve.inputs import VISIBLE_TEXT, InputError, Limits, clean_text, read_image
 from unifashion.serve.jobs import JobQueue, QueueFull
 from unifashion.serve.metrics import PROMETHEUS_CONTENT_TYPE, Metrics, log_request, route_of
+from unifashion.serve.priority import PriorityLock
 from unifashion.utils.errors import UniFashionError
 
 __all__ = ["Limits", "create_app", "serve"]
@@ -98,7 +98,8 @@ class Service:
         self.steps = steps
         self.keys = keys if keys is not None and keys.keys else None
         self.rates = RateLimiter()
-        self.search_lock = threading.Lock()  # one model pass at a time (search and captions)
+        # One model pass at a time: searches and captions first, generation steps in between.
+        self.search_lock = PriorityLock()
         self.jobs = JobQueue(limits.max_generation_jobs, limits.max_queued_jobs)
         self.metrics = Metrics(lambda: self.batcher.waiting, self.jobs.states)
         self.batcher = Batcher(
@@ -264,6 +265,7 @@ def create_app(
     app.state.service = svc
 
     _add_docs_routes(app)
+    _add_searches_first(app, svc)
     _add_access_control(app, svc)
     _add_error_handlers(app, limits)
     _add_metrics(app, svc)
@@ -290,6 +292,17 @@ def create_app(
 
     app.openapi = openapi
     return app
+
+
+def _add_searches_first(app: FastAPI, svc: Service) -> None:
+    """Searches and captions are marked active for their whole request; generation steps wait for them."""
+
+    @app.middleware("http")
+    async def _searches_first(request: Request, call_next):
+        if request.url.path.startswith(("/api/search/", "/api/caption")):
+            with svc.search_lock.activity():
+                return await call_next(request)
+        return await call_next(request)
 
 
 def _add_access_control(app: FastAPI, svc: Service) -> None:
@@ -618,8 +631,22 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
         return {"caption": text, "style": style, "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
     def _submit(kind: str, work) -> JSONResponse:
+        lock = svc.search_lock
+
+        def behind_searches(on_step):
+            # The job holds the model lock while it computes and lets searches go first between steps.
+            def step(i: int, n: int) -> None:
+                on_step(i, n)
+                lock.pause()
+
+            lock.acquire_low()
+            try:
+                return work(step)
+            finally:
+                lock.release()
+
         try:
-            job = svc.jobs.submit(kind, work)
+            job = svc.jobs.submit(kind, behind_searches)
         except QueueFull:
             return _error(
                 429, None, f"{svc.jobs.capacity} generation jobs are pending; try again later", {"Retry-After": "10"}
@@ -847,6 +874,7 @@ def serve(
             "or pass --no-auth to serve without keys"
         )
     model, catalog = load_service(model_path, catalog_path, device)
+    model.load_heads()
     app = create_app(model, catalog, limits, steps=steps, keys=keys, cors_origins=cors_origins)
     access = logging.getLogger("unifashion.serve.access")  # one JSON line per request, on stderr
     if not access.handlers:
