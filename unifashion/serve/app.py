@@ -31,6 +31,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import tempfile
 import time
 from importlib import resources
@@ -43,7 +44,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unifashion.catalog.build import mean_vectors
@@ -223,6 +224,16 @@ class Service:
             "results": self.results(hits),
             "took_ms": round((time.perf_counter() - start) * 1000, 2),
         }
+
+
+def _json_integer(value: Any) -> int:
+    """An integer as JSON Schema counts them: 5 and 5.0, not "5" or true (the JSON bodies' models are strict)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        raise ValueError("expected an integer")
+    return int(value)
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 def _image_url(product_id: str) -> str:
@@ -473,11 +484,14 @@ def _add_search_routes(app: FastAPI, svc: Service) -> None:
     then the catalog."""
     limits = svc.limits
 
+    # Strict: a JSON body's types are the schema's ("5" is not a number), as the contract says.
     class TextSearch(BaseModel):
+        model_config = ConfigDict(strict=True)
+
         text: str = Field(
             max_length=limits.max_text_chars, description="what to look for, e.g. 'a red midi dress with short sleeves'"
         )
-        k: int = Field(12, ge=1, le=limits.max_k, description="number of results")
+        k: JsonInt = Field(12, ge=1, le=limits.max_k, description="number of results")
         category: str | None = Field(None, description="only products of this category ('' or null: all)")
         attributes: dict[str, str] | None = Field(None, description="only products with these attribute values")
         caption_weight: float | None = Field(
@@ -485,8 +499,10 @@ def _add_search_routes(app: FastAPI, svc: Service) -> None:
         )
 
     class SimilarSearch(BaseModel):
+        model_config = ConfigDict(strict=True)
+
         product_id: str = Field(description="the product to find more like")
-        k: int = Field(12, ge=1, le=limits.max_k)
+        k: JsonInt = Field(12, ge=1, le=limits.max_k)
         category: str | None = Field(None, description="only products of this category ('' or null: all)")
         attributes: dict[str, str] | None = Field(None, description="only products with these attribute values")
 
@@ -668,8 +684,8 @@ def _add_caption_and_image_routes(app: FastAPI, svc: Service) -> None:
     ) -> JSONResponse:
         svc.need_head("text2image", "text")
         steps = steps if steps is not None else svc.steps
-        if text is not None and image is not None and not text.strip():
-            text = None  # a reference image alone: image-only conditioning
+        if text is not None and image is not None and not re.search(VISIBLE_TEXT, text):
+            text = None  # a reference image alone (the text is blank or invisible): image-only conditioning
         text = None if text is None else clean_text(text, "text", limits)
         pil = None if image is None else _read_upload(image, "image", limits)
         if text is None and pil is None:

@@ -131,6 +131,9 @@ def test_category_filter_and_k(served):
     _error(client.post("/api/search/text", json={"text": "a garment", "category": "hats"}), 422, "category")
     _error(client.post("/api/search/text", json={"text": "a garment", "k": 0}), 422, "k")
     _error(client.post("/api/search/text", json={"text": "a garment", "k": "many"}), 422, "k")
+    # JSON types are the schema's: a numeric string is not an integer (found by the contract test).
+    _error(client.post("/api/search/text", json={"text": "a garment", "k": "5"}), 422, "k")
+    _error(client.post("/api/search/text", json={"text": "a garment", "caption_weight": "0.5"}), 422, "caption_weight")
 
 
 def test_image_search_finds_the_same_product(served, products):
@@ -203,6 +206,11 @@ def test_generation_jobs_report_progress_and_are_seeded(served):
     )
     assert _wait(client, r.json())["status"] == "done"
     _error(client.post("/api/generate", data={"text": " "}), 422, "text")
+    # With a reference image, a text with nothing visible in it is no text (image-only conditioning).
+    ref = _png(Image.new("RGB", (32, 32), (20, 120, 20)))
+    r = client.post("/api/generate", data={"text": "\u200b ", "steps": "1"}, files={"image": ("r.png", ref)})
+    assert r.status_code == 202, r.text
+    _wait(client, r.json())
     _error(client.post("/api/generate", data={"text": "a dress", "steps": "1000"}), 422, "steps")
     _error(client.get("/api/jobs/nope"), 404, "job_id")
 
