@@ -136,6 +136,11 @@ class VectorIndex:
     def supports_remove(self) -> bool:
         return self.kind != "hnsw"
 
+    @property
+    def exact(self) -> bool:
+        """Whether a search returns the true top k (the flat and NumPy kinds)."""
+        return self.kind in ("flat", "numpy")
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids (m, k) of the best ``k`` vectors per query, best first; id -1 pads."""
         queries = _as_matrix(queries, self.dim, "queries")

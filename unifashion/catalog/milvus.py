@@ -238,7 +238,7 @@ def drop_collections(version_dir: Path) -> list[str]:
     return dropped
 
 
-def run_local_server(base_dir: str | os.PathLike, port: int = 19530, *, wait: bool = True):
+def run_local_server(base_dir: str | os.PathLike, port: int = 19530):
     """Start the Milvus standalone server of the ``milvus`` package (its own server binary, not an
     emulation) with data under ``base_dir``; returns the server object (``.stop()`` ends it). Its
     embedded etcd takes fixed ports: one such server runs on a machine at a time."""

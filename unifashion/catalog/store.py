@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from unifashion.catalog.index import APPROXIMATE_ABOVE, KINDS, VectorIndex, auto_kind, best_per_item
+from unifashion.catalog.milvus import POINTER_SUFFIX, MilvusIndex, collection_name, drop_collections
 from unifashion.utils.errors import UniFashionError
 from unifashion.utils.io import atomic_write_json, atomic_write_text
 
@@ -172,9 +173,7 @@ def _remove_unless_open(version_dir: Path) -> bool:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        if any(version_dir.glob("*.milvus.json")):
-            from unifashion.catalog.milvus import drop_collections
-
+        if any(version_dir.glob(f"*{POINTER_SUFFIX}")):
             drop_collections(version_dir)
         shutil.rmtree(version_dir, ignore_errors=True)
         return True
@@ -280,17 +279,10 @@ def _map_vectors(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _exact(index) -> bool:
-    """Whether an index returns the true top k (FAISS flat; Milvus FLAT, chosen for small collections)."""
-    return bool(getattr(index, "exact", index.kind == "flat"))
-
-
 def _new_index(manifest: dict[str, Any], name: str):
     """An empty index of ``name`` as the manifest says (kind; the engine for a Milvus catalog)."""
     kind = manifest["kinds"][name]
     if kind == "milvus":
-        from unifashion.catalog.milvus import MilvusIndex
-
         return MilvusIndex(int(manifest["dim"]), manifest["engine"]["uri"])
     return VectorIndex(int(manifest["dim"]), kind)
 
@@ -355,13 +347,8 @@ class Catalog:
     def _load_index(self, name: str):
         kind = self.manifest["kinds"][name]
         if kind == "milvus":
-            from unifashion.catalog.milvus import POINTER_SUFFIX, MilvusIndex
-
             return MilvusIndex.load(self.path / f"{name}{POINTER_SUFFIX}", self.dim)
         return VectorIndex.load(self.path / f"{name}.faiss", self.dim, kind)
-
-    def _new_index(self, name: str):
-        return _new_index(self.manifest, name)
 
     # -- opening and writing --------------------------------------------------------
 
@@ -394,8 +381,6 @@ class Catalog:
                 _save_vectors(tmp / "vectors.safetensors", rows, vectors)
                 for name, index in make_indexes().items():
                     if index.kind == "milvus":
-                        from unifashion.catalog.milvus import POINTER_SUFFIX, collection_name
-
                         prefix = manifest["engine"]["prefix"]
                         index.save(tmp / f"{name}{POINTER_SUFFIX}", collection_name(prefix, version, name))
                     else:
@@ -526,7 +511,7 @@ class Catalog:
             kind = self.indexes[name].kind
             # Milvus collections are never changed in place: a new version gets new ones.
             if kind == "milvus" or (drop and not self.indexes[name].supports_remove):
-                index = self._new_index(name)
+                index = _new_index(self.manifest, name)
                 index.add(*_index_inputs(name, rows, vectors))
             else:
                 index = VectorIndex.load(self.path / f"{name}.faiss", self.dim, kind)
@@ -640,7 +625,7 @@ class Catalog:
         excluded = {self._row_of[i] for i in exclude if i in self._row_of}
         per = self.queries_per_product if by == "queries" else 1
         n_captioned = self.indexes["captions"].ntotal
-        exact = _exact(self.indexes[by]) and _exact(self.indexes["captions"])
+        exact = self.indexes[by].exact and self.indexes["captions"].exact
         fetch = min(n, k + len(excluded))
         for _ in range(64 if exact else 3):  # exact indexes: until the answer is provably complete
             scores, ids = self.indexes[by].search(vector[None], fetch * per)
