@@ -157,6 +157,18 @@ def person_hw(cfg_size: int) -> tuple[int, int]:
     return (cfg_size, cfg_size * 3 // 4)
 
 
+def encode_refs(
+    generator: Generator, refs: list[ImageRef], *, batch_size: int = 64, progress: bool = False, desc: str = "latents"
+) -> torch.Tensor:
+    """Scaled VAE latents (N, 4, h, w) on the CPU of ``refs``, read and encoded ``batch_size`` at a
+    time on the generator's device: only one batch of pixels is ever in memory."""
+    chunks = [
+        encode_images(generator, load_pixels(refs[i : i + batch_size], generator.image_hw), batch_size)
+        for i in tqdm(range(0, len(refs), batch_size), desc=desc, disable=not progress, leave=False)
+    ]
+    return torch.cat(chunks) if chunks else encode_images(generator, load_pixels([], generator.image_hw))
+
+
 @dataclass
 class Text2ImageData:
     """Latents of product images and what their conditions are made of."""
@@ -176,8 +188,7 @@ def text2image_data(
         for r in p.images:
             refs.setdefault(str(r), r)
     ordered = list(refs.values())
-    pixels = load_pixels(ordered, generator.image_hw)
-    latents = encode_images(generator, pixels)
+    latents = encode_refs(generator, ordered, progress=progress, desc="text2image latents")
     rows = {str(r): i for i, r in enumerate(ordered)}
     feats = FeatureTable.build(ordered, cache, progress=progress)
     products = [([rows[str(r)] for r in p.images], product_texts(p)) for p in data.products if product_texts(p)]
@@ -243,7 +254,7 @@ def inpaint_data(
         range(0, len(samples), batch_size), desc=f"{generator.task} inputs", disable=not progress, leave=False
     ):
         chunk = samples[i : i + batch_size]
-        targets.append(encode_images(generator, load_pixels([s.person for s in chunk], generator.image_hw)))
+        targets.append(encode_refs(generator, [s.person for s in chunk]))
         extras.append(sample_inputs(generator, chunk).extra)
     cloth = cache.features([s.cloth for s in samples], progress=progress) if generator.task == "tryon" else None
     return InpaintData(torch.cat(targets), torch.cat(extras), cloth, [s.text or "" for s in samples])

@@ -458,6 +458,7 @@ def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dic
         head.unet.enable_gradient_checkpointing()
     model.eval().qformer.requires_grad_(False)
     progress = p.cfg.run.progress and p.main
+    head.to(p.acc.device)  # the targets are VAE-encoded where the head trains, not on the CPU
     if task == "text2image":
         prepared, steps = text2image_data(model, head, data, cache, progress), cfg.steps
     else:
@@ -485,7 +486,7 @@ def _phase2_stage(p: Pipeline, model, data, table, cache, resume: bool) -> dict[
         captioner = Captioner.from_pretrained(p.model_dir / CAPTION_FOLDER)
         heads.update(captioner=captioner, itg_rows=cfg.itg_rows, itg_weight=cfg.itg_weight)
     if cfg.with_heads and (p.model_dir / HEAD_FOLDERS["text2image"]).is_dir():
-        image_head = load_image_head(p.model_dir, "text2image")
+        image_head = load_image_head(p.model_dir, "text2image").to(p.acc.device)
         prepared = text2image_data(model, image_head, data, cache, p.cfg.run.progress and p.main)
         heads.update(
             image_head=image_head,

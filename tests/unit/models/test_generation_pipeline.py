@@ -410,3 +410,30 @@ def test_bad_requests_get_clear_errors(with_heads, tmp_path, capsys):
     bad.write_bytes(b"not an image")
     assert cli.main(["generate", "--model", str(out), "--image", str(bad), "--out", str(tmp_path / "x.png")]) == 1
     assert "bad.png" in capsys.readouterr().err
+
+
+def test_text2image_targets_are_encoded_batch_by_batch(with_heads, monkeypatch):
+    """The text2image stage's latents equal encoding every image at once, yet no more than one
+    batch of pixels is ever read into memory (a dataset's images at 512 px do not fit in RAM)."""
+    import torch
+
+    from unifashion.data.formats import read_split
+    from unifashion.pipelines import generation as gen_pipeline
+    from unifashion.pipelines.generation import encode_images, load_image_head, load_pixels
+    from unifashion.training import data as training_data
+
+    data, _, out = with_heads
+    head = load_image_head(out, "text2image")
+    refs = list({str(r): r for p in read_split(data, "train").products for r in p.images}.values())[:40]
+    whole = encode_images(head, load_pixels(refs, head.image_hw))
+    sizes = []
+
+    def counting(batch, hw, fill=255):
+        sizes.append(len(batch))
+        return gen_pipeline.load_pixels(batch, hw, fill)
+
+    monkeypatch.setattr(training_data, "load_pixels", counting)
+    chunked = training_data.encode_refs(head, refs, batch_size=16)
+    assert sizes == [16, 16, 8]
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-4)
+    assert chunked.device.type == "cpu" and chunked.shape[0] == len(refs)
