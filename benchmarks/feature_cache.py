@@ -1,11 +1,14 @@
-"""What the on-disk cache of frozen image features saves, measured side by side in one run.
+"""What the on-disk caches of frozen image features and of VAE latents save, measured side by side in one run.
 
-    python benchmarks/feature_cache.py [--images 256] [--preset mini] [--steps 4]
+    python benchmarks/feature_cache.py [--images 256] [--preset mini] [--batch 64]
 
 Prints JSON: seconds to get one epoch's image features by running the frozen
 encoder vs reading the cache, and seconds of one training epoch (features +
-phase-1a Q-Former steps) each way, with their ratios. Uses a fresh temporary
-cache and FashionSynth images.
+phase-1a Q-Former steps) each way, with their ratios. Then the latents of the
+text-to-image head (the preset's VAE at its image size): seconds to VAE-encode
+the images into a write-once table (what the text-to-image stage does, and
+what phase 2 did a second time) vs mapping the finished table (what phase 2
+does now), per image too. Uses a fresh temporary cache and FashionSynth images.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from pathlib import Path
 import torch
 
 from unifashion.backbones.feature_cache import FeatureCache
-from unifashion.config import RetrievalTrainingConfig
+from unifashion.config import RetrievalTrainingConfig, get_preset
 from unifashion.data.formats import read_split
 from unifashion.data.synth.generate import SynthConfig, write_fashionsynth
+from unifashion.models.generator import Generator, build_vae
 from unifashion.models.qformer import itc_loss, itm_loss
 from unifashion.models.retrieval import RetrievalModel
+from unifashion.training.data import latent_table, product_hw
 from unifashion.utils.hardware import autocast, quiet_libraries
 
 
@@ -81,6 +86,18 @@ def main() -> None:
         t0 = time.perf_counter()
         qformer_steps(model, cache.features(refs), texts, args.batch, cfg)
         epoch_cached = time.perf_counter() - t0
+
+        dcfg = get_preset(args.preset).diffusion
+        head = Generator.build(
+            dcfg, "text2image", model.config.qformer.hidden_size, product_hw(dcfg.image_size), vae=build_vae(dcfg)
+        ).eval()
+        t0 = time.perf_counter()
+        written = latent_table(head, refs, Path(tmp) / "tables")
+        t_latents = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mapped = latent_table(head, refs, Path(tmp) / "tables")
+        t_mapped = time.perf_counter() - t0
+        assert torch.equal(written, mapped)
     print(
         json.dumps(
             {
@@ -96,6 +113,13 @@ def main() -> None:
                     "encoder": round(epoch_encode, 2),
                     "cache": round(epoch_cached, 2),
                     "speedup": round(epoch_encode / epoch_cached, 2),
+                },
+                "latents_seconds": {
+                    "image_hw": list(head.image_hw),
+                    "encode": round(t_latents, 2),
+                    "encode_ms_per_image": round(1000 * t_latents / len(refs), 2),
+                    "table": round(t_mapped, 3),
+                    "speedup": round(t_latents / t_mapped, 1),
                 },
             },
             indent=2,

@@ -29,6 +29,7 @@ from unifashion.backbones.vision import VisionEncoder
 from unifashion.config import to_dict
 from unifashion.data.records import ImageRef
 from unifashion.utils.io import atomic_write_bytes
+from unifashion.utils.tables import write_once_table
 
 ImageLike = ImageRef | str | os.PathLike | Image.Image
 
@@ -147,20 +148,6 @@ class FeatureTable:
         return self.feats[torch.as_tensor(rows, dtype=torch.long)].float()
 
 
-def _is_writer() -> bool:
-    """The process that writes shared files: rank 0 of a distributed run, or the only process."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def table_path(images: Sequence[ImageLike], cache: FeatureCache) -> Path:
     """Where the memory-mapped table of ``images`` (in this order) lives for this encoder."""
     h = hashlib.sha256(cache.key.encode())
@@ -176,30 +163,11 @@ def memmapped_features(
     (by rank 0 of a distributed run, the others wait) chunk by chunk, never whole in RAM, and
     renamed into place when complete; every process then maps the same file. A later run with the
     same images and encoder finds the file and computes nothing."""
-    import warnings
-
-    path = table_path(images, cache)
-    if not path.is_file() and _is_writer():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            array = None
-            for start in tqdm(range(0, len(images), chunk), desc="feature table", disable=not progress, leave=False):
-                part = cache.features(list(images[start : start + chunk])).numpy()
-                if array is None:
-                    shape = (len(images), *part.shape[1:])
-                    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-                array[start : start + len(part)] = part
-            array.flush()
-            del array
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    _barrier()
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-    if array.shape[0] != len(images):
-        raise ValueError(f"{path}: holds {array.shape[0]} rows for {len(images)} images (delete it to rebuild)")
-    with warnings.catch_warnings():  # read-only on purpose: rows are copied out by FeatureTable.batch
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
+    return write_once_table(
+        table_path(images, cache),
+        len(images),
+        lambda start, stop: cache.features(list(images[start:stop])).numpy(),
+        chunk=chunk,
+        progress=progress,
+        desc="feature table",
+    )

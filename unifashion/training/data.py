@@ -4,15 +4,17 @@ sample from. Frozen image features come from the on-disk cache (``backbones.feat
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+from unifashion.backbones.feature_cache import FeatureCache, FeatureTable, content_key, memmapped_features
 from unifashion.config import GenerationTrainingConfig
 from unifashion.data.captions import style_texts
-from unifashion.data.records import DatasetSplit, ImageRef, Triplet, join_relative_captions
+from unifashion.data.records import DatasetSplit, ImageRef, Triplet, TryOnSample, join_relative_captions
 from unifashion.models.generator import Generator
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.pipelines.generation import (
@@ -25,6 +27,7 @@ from unifashion.pipelines.generation import (
 )
 from unifashion.pipelines.retrieval import QueryTable
 from unifashion.utils.errors import DataError
+from unifashion.utils.tables import state_key, write_once_table
 
 
 def product_texts(product) -> list[str]:
@@ -169,6 +172,58 @@ def encode_refs(
     return torch.cat(chunks) if chunks else encode_images(generator, load_pixels([], generator.image_hw))
 
 
+def vae_key(generator: Generator) -> str:
+    """Hash of what a latent depends on besides its image: the VAE's weights, the latent scale and
+    the image size the head reads."""
+    return state_key(generator.vae, scale=float(generator.spec.latent_scale), hw=list(generator.image_hw))
+
+
+def _table(folder: Path | None, key: str, n: int, rows, *, chunk: int, progress: bool, desc: str) -> torch.Tensor:
+    """``rows(start, stop)`` over ``0..n`` as one tensor: a write-once memory-mapped table named
+    ``key`` in ``folder``, or (no folder) concatenated in RAM."""
+    if folder is None or n == 0:
+        parts = [
+            torch.as_tensor(rows(i, min(i + chunk, n)))
+            for i in tqdm(range(0, n, chunk), desc=desc, disable=not progress, leave=False)
+        ]
+        return torch.cat(parts) if parts else torch.as_tensor(rows(0, 0))
+    return write_once_table(
+        Path(folder) / f"{key}.npy",
+        n,
+        lambda a, b: torch.as_tensor(rows(a, b)).numpy(),
+        chunk=chunk,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def latent_table(
+    generator: Generator,
+    refs: list[ImageRef],
+    folder: Path | None = None,
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "latents",
+) -> torch.Tensor:
+    """Scaled VAE latents (N, 4, h, w) float32 of ``refs`` (see :func:`encode_refs`). With ``folder``:
+    a write-once memory-mapped table named by the VAE and the images' content, so every process
+    maps one file and a later stage or a resumed run with the same VAE and images reads it instead
+    of encoding again."""
+    h = hashlib.sha256(f"latents {vae_key(generator)}".encode())
+    for r in refs if folder is not None else ():
+        h.update(content_key(r).encode())
+    return _table(
+        folder,
+        f"latents-{h.hexdigest()[:24]}",
+        len(refs),
+        lambda a, b: encode_refs(generator, refs[a:b], batch_size=batch_size),
+        chunk=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+
+
 @dataclass
 class Text2ImageData:
     """Latents of product images and what their conditions are made of."""
@@ -181,14 +236,21 @@ class Text2ImageData:
 
 
 def text2image_data(
-    model: RetrievalModel, generator: Generator, data: DatasetSplit, cache: FeatureCache, progress: bool = True
+    model: RetrievalModel,
+    generator: Generator,
+    data: DatasetSplit,
+    cache: FeatureCache,
+    progress: bool = True,
+    tables: Path | None = None,
 ) -> Text2ImageData:
+    """The latents of every product image (a write-once memory-mapped table in ``tables`` if
+    given, else in RAM) and the rows their conditions are drawn from."""
     refs: dict[str, ImageRef] = {}
     for p in data.products:
         for r in p.images:
             refs.setdefault(str(r), r)
     ordered = list(refs.values())
-    latents = encode_refs(generator, ordered, progress=progress, desc="text2image latents")
+    latents = latent_table(generator, ordered, tables, progress=progress, desc="text2image latents")
     rows = {str(r): i for i, r in enumerate(ordered)}
     feats = FeatureTable.build(ordered, cache, progress=progress)
     products = [([rows[str(r)] for r in p.images], product_texts(p)) for p in data.products if product_texts(p)]
@@ -238,6 +300,20 @@ def inpaint_samples(data: DatasetSplit, task: str) -> list:
     return samples
 
 
+def _sample_key(s: TryOnSample, cloth: bool) -> str:
+    """Hash of every file an inpainting input of sample ``s`` is made from."""
+    h = hashlib.sha256(f"{s.pose_format}".encode())
+    for name in ("person", "agnostic", "agnostic_mask", "sketch", *(("cloth",) if cloth else ())):
+        ref = getattr(s, name)
+        h.update(f"{name}={content_key(ref) if ref is not None else '-'};".encode())
+    if s.pose is not None:
+        try:
+            h.update(hashlib.sha256(Path(s.pose).read_bytes()).digest())
+        except OSError as exc:
+            raise DataError(f"try-on sample {s.id}: cannot read its pose file ({exc})", path=str(s.pose)) from None
+    return h.hexdigest()
+
+
 def inpaint_data(
     model: RetrievalModel,
     generator: Generator,
@@ -245,19 +321,36 @@ def inpaint_data(
     cache: FeatureCache,
     progress: bool = True,
     batch_size: int = 64,
+    tables: Path | None = None,
 ) -> InpaintData:
+    """Person latents and spatial inputs of every paired sample of ``generator``'s task (each a
+    write-once memory-mapped table in ``tables`` if given, else in RAM), computed ``batch_size``
+    samples at a time, and the condition of each (cloth features or design text)."""
     samples = inpaint_samples(data, generator.task)
     if not samples:
         raise DataError(f"split {data.split!r}: no paired {generator.task} samples", path=str(data.root))
-    targets, extras = [], []
-    for i in tqdm(
-        range(0, len(samples), batch_size), desc=f"{generator.task} inputs", disable=not progress, leave=False
-    ):
-        chunk = samples[i : i + batch_size]
-        targets.append(encode_refs(generator, [s.person for s in chunk]))
-        extras.append(sample_inputs(generator, chunk).extra)
-    cloth = cache.features([s.cloth for s in samples], progress=progress) if generator.task == "tryon" else None
-    return InpaintData(torch.cat(targets), torch.cat(extras), cloth, [s.text or "" for s in samples])
+    task = generator.task
+    targets = latent_table(
+        generator, [s.person for s in samples], tables, batch_size=batch_size, progress=progress, desc=f"{task} targets"
+    )
+    h = hashlib.sha256(f"{task} inputs {vae_key(generator)} {generator.cloth_latent}".encode())
+    for s in samples if tables is not None else ():
+        h.update(_sample_key(s, generator.cloth_latent).encode())
+    extra = _table(
+        tables,
+        f"{task}-inputs-{h.hexdigest()[:24]}",
+        len(samples),
+        lambda a, b: sample_inputs(generator, samples[a:b]).extra,
+        chunk=batch_size,
+        progress=progress,
+        desc=f"{task} inputs",
+    )
+    cloth = None
+    if task == "tryon":
+        cloths = [s.cloth for s in samples]
+        use_map = cache.memmap and cloths
+        cloth = memmapped_features(cloths, cache) if use_map else cache.features(cloths, progress=progress)
+    return InpaintData(targets, extra, cloth, [s.text or "" for s in samples])
 
 
 def head_batches(

@@ -245,6 +245,8 @@ class Pipeline:
         self.cfg, self.out = cfg, out
         self.work = out.parent / f"{out.name}.work"
         self.model_dir = self.work / "model"
+        # Write-once memory-mapped tables of VAE latents and try-on inputs, shared by stages and processes.
+        self.tables = self.work / "tables"
         self.acc = accelerator
         self.progress_file = self.work / "progress.json"
         self.done: list[str] = []
@@ -460,9 +462,9 @@ def _head_stage(p: Pipeline, model, data, cache, task: str, resume: bool) -> dic
     progress = p.cfg.run.progress and p.main
     head.to(p.acc.device)  # the targets are VAE-encoded where the head trains, not on the CPU
     if task == "text2image":
-        prepared, steps = text2image_data(model, head, data, cache, progress), cfg.steps
+        prepared, steps = text2image_data(model, head, data, cache, progress, tables=p.tables), cfg.steps
     else:
-        prepared = inpaint_data(model, head, data, cache, progress)
+        prepared = inpaint_data(model, head, data, cache, progress, tables=p.tables)
         steps = cfg.tryon_steps if task == "tryon" else cfg.design_steps
     last = phase1.train_head(model, head, prepared, steps, cfg, p.log, runner=p.runner, resume=resume)
     _save_heads(p, vae=vae, image_heads={task: head}, training={"generation": to_dict(cfg)})
@@ -487,7 +489,8 @@ def _phase2_stage(p: Pipeline, model, data, table, cache, resume: bool) -> dict[
         heads.update(captioner=captioner, itg_rows=cfg.itg_rows, itg_weight=cfg.itg_weight)
     if cfg.with_heads and (p.model_dir / HEAD_FOLDERS["text2image"]).is_dir():
         image_head = load_image_head(p.model_dir, "text2image").to(p.acc.device)
-        prepared = text2image_data(model, image_head, data, cache, p.cfg.run.progress and p.main)
+        # The text2image stage's latent table, when the VAE and the images are the same: nothing to encode.
+        prepared = text2image_data(model, image_head, data, cache, p.cfg.run.progress and p.main, tables=p.tables)
         heads.update(
             image_head=image_head,
             latents=prepared.latents,

@@ -437,3 +437,50 @@ def test_text2image_targets_are_encoded_batch_by_batch(with_heads, monkeypatch):
     assert sizes == [16, 16, 8]
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-4)
     assert chunked.device.type == "cpu" and chunked.shape[0] == len(refs)
+
+
+def test_latent_and_tryon_tables_are_written_once_and_equal_the_in_memory_ones(with_heads, tmp_path, monkeypatch):
+    """With a tables folder, the image heads' latents and try-on inputs are write-once memory-mapped
+    files named by the VAE and the inputs' content: equal to the in-RAM tensors, and a second call
+    (a later stage, a resumed run) reads the files without encoding anything. Another VAE is another file."""
+    import numpy as np
+    import torch
+
+    from unifashion.backbones.feature_cache import FeatureCache
+    from unifashion.data.formats import read_split
+    from unifashion.models.retrieval import RetrievalModel
+    from unifashion.pipelines import generation as gen_pipeline
+    from unifashion.pipelines.generation import load_image_head
+    from unifashion.training import data as training_data
+
+    data, _, out = with_heads
+    model = RetrievalModel.from_pretrained(out).eval()
+    train = read_split(data, "train")
+    cache = FeatureCache(model.vision)
+    tables = tmp_path / "tables"
+    head = load_image_head(out, "text2image")
+    plain = training_data.text2image_data(model, head, train, cache, False)
+    mapped = training_data.text2image_data(model, head, train, cache, False, tables=tables)
+    assert torch.equal(mapped.latents, plain.latents) and mapped.rows == plain.rows
+    (file,) = tables.glob("latents-*.npy")
+    assert isinstance(np.load(file, mmap_mode="r"), np.memmap) and not list(tables.glob(".*.tmp"))
+    tryon = load_image_head(out, "tryon")
+    plain_tryon = training_data.inpaint_data(model, tryon, train, cache, False, batch_size=8)
+    mapped_tryon = training_data.inpaint_data(model, tryon, train, cache, False, batch_size=8, tables=tables)
+    assert torch.equal(mapped_tryon.targets, plain_tryon.targets) and torch.equal(mapped_tryon.extra, plain_tryon.extra)
+    assert len(list(tables.glob("*.npy"))) == 3  # product latents, person latents, try-on inputs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(training_data, "encode_images", refuse)
+    monkeypatch.setattr(training_data, "sample_inputs", refuse)
+    again = training_data.text2image_data(model, head, train, cache, False, tables=tables)
+    assert torch.equal(again.latents, plain.latents)
+    again_tryon = training_data.inpaint_data(model, tryon, train, cache, False, batch_size=8, tables=tables)
+    assert torch.equal(again_tryon.extra, plain_tryon.extra)
+    monkeypatch.setattr(training_data, "encode_images", gen_pipeline.encode_images)
+    with torch.no_grad():
+        next(head.vae.parameters()).add_(0.01)
+    training_data.text2image_data(model, head, train, cache, False, tables=tables)
+    assert len(list(tables.glob("latents-*.npy"))) == 3  # the changed VAE's latents are a new table
