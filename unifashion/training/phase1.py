@@ -47,6 +47,7 @@ from unifashion.training.runner import (
     device_of,
     run_stage,
 )
+from unifashion.training.sharded import transformer_blocks
 from unifashion.utils.distributed import Shard, gather_rows, shard_token_mean
 from unifashion.utils.errors import ConfigError
 from unifashion.utils.hardware import autocast
@@ -142,6 +143,7 @@ class CaptionStage(EpochStage, nn.Module):
         self.items, self.table, self.cfg = items, table, cfg
         self.total_steps = total_steps
         self.stream = EpochStream(lambda g: epoch_batches(len(items), batch_size, g))
+        self.fsdp_units = tuple(transformer_blocks(captioner.llm)) if cfg.fsdp else ()
 
     def forward(self, rows: list[int], generator: torch.Generator, shard: Shard) -> dict[str, torch.Tensor]:
         items = self.items

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from unifashion.backbones.diffusion import load_vae
 from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
@@ -409,16 +410,45 @@ def _caption_stage(p: Pipeline, model, data, cache, resume: bool) -> dict[str, A
         bf16=cfg.bf16,
         progress=p.cfg.run.progress and p.main,
     )
-    seed_everything(cfg.seed + 10)
     llm = phase1.with_lora(model.config.llm, cfg.lora_rank, cfg.lora_alpha)
-    captioner = Captioner.build(llm, model.config.qformer.hidden_size)
+
+    def build() -> Captioner:  # the same frozen weights and starting LoRA every time
+        seed_everything(cfg.seed + 10)
+        return Captioner.build(llm, model.config.qformer.hidden_size)
+
+    captioner = build()
     if cfg.gradient_checkpointing:
         captioner.enable_gradient_checkpointing()
     last = phase1.train_phase1b_captioner(
         captioner, caption_items(data, table, cfg.styles), table, cfg, p.log, runner=p.runner, resume=resume
     )
+    if p.runner.trained is not None:  # trained sharded (FSDP): what it learnt, whole, into an unsharded copy
+        del captioner
+        captioner = build()
+        captioner.set_trainable(adapter=True, lora=True)
+        _load_trained(captioner, p.runner.trained, prefix="captioner.")
+        captioner.eval()
     _save_heads(p, captioner=captioner, training={"captioning": to_dict(cfg)})
-    return {"last": last, "trainable_parameters": trainable_count(captioner)}
+    summary = {"last": last, "trainable_parameters": trainable_count(captioner)}
+    if p.runner.trained is not None:
+        summary["fsdp"] = p.runner.sharding
+    return summary
+
+
+def _load_trained(module: nn.Module, trained: dict[str, torch.Tensor], prefix: str) -> None:
+    """Copy a stage's trained weights (named from the stage, ``prefix`` + the module's names) into
+    ``module``'s trainable parameters; every one must be there and nothing else."""
+    weights = {k.removeprefix(prefix): v for k, v in trained.items()}
+    names = {k for k, q in module.named_parameters() if q.requires_grad}
+    if names != set(weights):
+        raise ConfigError(
+            f"trained weights do not fit: missing {sorted(names - set(weights))[:3]}, "
+            f"unexpected {sorted(set(weights) - names)[:3]}"
+        )
+    with torch.no_grad():
+        for k, q in module.named_parameters():
+            if k in weights:
+                q.copy_(weights[k])
 
 
 def _vae_stage(p: Pipeline, model, data, resume: bool) -> dict[str, Any]:

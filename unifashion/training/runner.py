@@ -8,7 +8,9 @@ generator seeded alike and computes the loss of its ``shard`` of it; losses
 over the whole batch (contrastive ones) gather the other processes' rows with
 :func:`gather_rows`. Gradients are averaged across processes by DDP (through
 ``accelerator.prepare``), so N processes at the same global batch follow the
-trajectory of one.
+trajectory of one. A stage that names ``fsdp_units`` (the caption stage with
+``fsdp = true``) is sharded instead (:mod:`unifashion.training.sharded`): the
+same averaging, each process holding a slice of every weight.
 
 A checkpoint (``<folder>/checkpoint``) holds, in safetensors and JSON only:
 the trainable weights, the optimiser's moments, the schedule, the step, the
@@ -35,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from unifashion.training import sharded
 from unifashion.training.loop import LossLog, adamw, cosine_with_warmup, seed_everything
 from unifashion.utils.distributed import Shard
 from unifashion.utils.errors import ConfigError
@@ -50,6 +53,7 @@ class Stage(Protocol):
     name: str
     total_steps: int
     module: nn.Module  # forward(batch, generator, shard) -> dict of losses; owns the trainable parameters
+    fsdp_units: tuple[nn.Module, ...]  # shard these one by one under several processes (empty: plain DDP)
 
     def next_batch(self, generator: torch.Generator) -> Any: ...
 
@@ -64,6 +68,10 @@ class Stage(Protocol):
 
 class StageBase:
     """Defaults for the optional parts of :class:`Stage`; a stage that is itself the module."""
+
+    # Submodules to shard one by one when the stage runs under several processes (FSDP);
+    # empty: plain data parallel, every process holding the whole module.
+    fsdp_units: tuple[nn.Module, ...] = ()
 
     @property
     def module(self):
@@ -145,7 +153,8 @@ def make_accelerator(cpu: bool | None = None):
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone().contiguous() for k, p in module.named_parameters() if p.requires_grad}
+    """The trainable weights, whole (sharded ones gathered: every process must call it then)."""
+    return {k: sharded.whole(p.detach()).clone().contiguous() for k, p in module.named_parameters() if p.requires_grad}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -154,16 +163,23 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     for pid, entries in sd["state"].items():
         for key, value in entries.items():
             if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().clone().contiguous()
+                tensors[f"{pid}.{key}"] = sharded.whole(value.detach()).clone().contiguous()
             else:
                 scalars[f"{pid}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    # Ids number the parameters group after group, as ``state_dict`` does; a moment of a
+    # sharded parameter is cut like it.
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
+    for name in sorted(tensors):  # one order on every process (placing a sharded moment is a collective)
         pid, key = name.split(".", 1)
+        value = tensors[name]
+        param = params[int(pid)]
+        if value.shape == param.shape and value.ndim:
+            value = sharded.placed_like(value, param)
         state.setdefault(int(pid), {})[key] = value
     for name, value in meta["scalars"].items():
         pid, key = name.split(".", 1)
@@ -211,6 +227,8 @@ class StageRunner:
         self.accelerator = accelerator or make_accelerator()
         self.checkpoint_every = checkpoint_every
         self.progress = progress
+        self.trained: dict[str, torch.Tensor] | None = None  # the last stage's weights, when it ran sharded
+        self.sharding: dict[str, int] | None = None  # and how they were spread (:func:`sharded.footprint`)
 
     @property
     def shard(self) -> Shard:
@@ -237,10 +255,14 @@ class StageRunner:
         returns the last losses, averaged over processes."""
         acc = self.accelerator
         module = stage.module
-        named = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
-        if not named:
+        if not any(p.requires_grad for p in module.parameters()):
             raise ConfigError(f"stage {stage.name}: nothing to train (every parameter is frozen)")
-        module.to(acc.device)
+        sharding = bool(stage.fsdp_units) and acc.num_processes > 1
+        if sharding:
+            sharded.shard(module, list(stage.fsdp_units), acc.device)
+        else:
+            module.to(acc.device)
+        named = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
         optimizer = adamw(named, optim.lr, optim.weight_decay, optim.betas, optim.eps)
         warmup = int(optim.warmup_ratio * stage.total_steps)
         schedule = cosine_with_warmup(optimizer, stage.total_steps, warmup, optim.schedule)
@@ -248,7 +270,7 @@ class StageRunner:
         if resume and self.resumable(stage.name):
             step = self._load(stage, module, optimizer, schedule, generator)
             self.log.truncate(stage.name, step)
-        wrapped = acc.prepare(module) if acc.num_processes > 1 else module
+        wrapped = acc.prepare(module) if acc.num_processes > 1 and not sharding else module
         wrapped.train()
         params = [p for _, p in named]
         bar = tqdm(
@@ -266,7 +288,7 @@ class StageRunner:
             acc.backward(losses["loss"])
             # The norm of the (all-reduced) gradient before clipping; logged beside the losses,
             # where it shows a gradient that is summed over processes instead of averaged.
-            grad_norm = acc.clip_grad_norm_(params, optim.clip_norm or math.inf)
+            grad_norm = sharded.whole(acc.clip_grad_norm_(params, optim.clip_norm or math.inf))
             optimizer.step()
             schedule.step()
             stage.after_step()
@@ -283,6 +305,10 @@ class StageRunner:
         bar.close()
         module.eval()
         stage.finish()
+        # A sharded module stays sharded (its weights are slices of DTensors): what it learnt comes
+        # back whole, for the caller to load into an unsharded copy.
+        self.trained = trainable_state(module) if sharding else None
+        self.sharding = sharded.footprint(module, acc.num_processes) if sharding else None
         return last
 
     def _mean(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -295,15 +321,20 @@ class StageRunner:
     def _save(self, stage: Stage, module: nn.Module, optimizer, schedule, generator, step: int) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        # Sharded weights and moments are gathered by every process; the main one writes.
+        gather = sharded.is_sharded(module)
+        if gather or acc.is_main_process:
+            weights = trainable_state(module)
+            opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+            extra_tensors, extra_meta = stage.state()
+            extra_tensors = {k: sharded.whole(v).contiguous() for k, v in extra_tensors.items()}
         if acc.is_main_process:
             with atomic_directory(self.checkpoint) as tmp:
-                save_file(trainable_state(module), tmp / "trainable.safetensors")
-                opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+                save_file(weights, tmp / "trainable.safetensors")
                 save_file(opt_tensors, tmp / "optimizer.safetensors")
                 rng_tensors, rng_meta = _rng_state(generator)
                 save_file({k: v.contiguous() for k, v in rng_tensors.items()}, tmp / "rng.safetensors")
-                extra_tensors, extra_meta = stage.state()
-                save_file({k: v.contiguous() for k, v in extra_tensors.items()}, tmp / "stage.safetensors")
+                save_file(extra_tensors, tmp / "stage.safetensors")
                 meta = {
                     "stage": stage.name,
                     "step": step,
@@ -323,9 +354,9 @@ class StageRunner:
         if missing:
             raise ConfigError(f"{folder}: checkpoint of stage {stage.name} lacks {missing[:3]}")
         with torch.no_grad():
-            for k, p in module.named_parameters():
+            for k, p in module.named_parameters():  # one order on every process
                 if k in weights:
-                    p.copy_(weights[k])
+                    p.copy_(sharded.placed_like(weights[k], p))
         _load_optimizer(optimizer, load_file(folder / "optimizer.safetensors"), meta["optimizer"])
         schedule.load_state_dict(meta["schedule"])
         _load_rng(generator, load_file(folder / "rng.safetensors"), meta["rng"])

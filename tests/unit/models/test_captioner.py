@@ -212,3 +212,17 @@ def test_the_frozen_llm_can_be_loaded_in_bfloat16_with_float32_lora():
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in c.lora_parameters())
     assert len(c.eval().generate(z, "title", Decoding("greedy", 4))) == 2
+
+
+def test_the_units_sharded_under_fsdp_are_the_llms_decoder_layers(captioner):
+    """One FSDP unit per decoder layer of the LLM (what the model calls unsplittable), inside LoRA's
+    wrapper; nothing else, and none for a module without transformer blocks."""
+    from torch import nn
+
+    from unifashion.training.sharded import transformer_blocks
+
+    units = transformer_blocks(captioner.llm)
+    layers = captioner.llm.get_base_model().model.layers
+    assert [id(u) for u in units] == [id(layer) for layer in layers]
+    assert len(units) > 1
+    assert transformer_blocks(nn.Sequential(nn.Linear(2, 2))) == []

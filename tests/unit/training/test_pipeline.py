@@ -475,6 +475,7 @@ def _grad_norms(folder: Path, stage: str) -> list[float]:
     [
         pytest.param((), id="retrieval"),
         pytest.param(("caption",), id="caption"),
+        pytest.param(("caption", "fsdp"), id="caption-fsdp"),
         pytest.param(("text2image",), id="vae-and-text2image", marks=pytest.mark.slow),
     ],
 )
@@ -483,8 +484,10 @@ def test_two_processes_follow_the_trajectory_of_one(tmp_path, data, heads):
     the same gradient norms and the same weights as one process. The gradient norm is what tells
     an averaged all-reduce from a summed one (AdamW's update, hence losses and weights, hardly
     notices a gradient twice as large). Losses measured within 2e-6 (the CSV keeps 6 decimals)."""
-    tasks = tuple(h for h in heads if h != "caption")
+    tasks = tuple(h for h in heads if h not in ("caption", "fsdp"))
     config = write_config(tmp_path, data, tasks=tasks, checkpoint_every=0, dropout=0.0)
+    if "fsdp" in heads:  # the LLM's layers, LoRA and moments sharded over the 2 processes
+        config.write_text(config.read_text().replace("[captioning]\n", "[captioning]\nfsdp = true\n"))
     if "caption" not in heads:
         config.write_text("with_captioning = false\n" + config.read_text())
     # Feature tables memory-mapped: written once by rank 0 of the 2-process run (which goes first,
@@ -534,6 +537,54 @@ def test_two_processes_follow_the_trajectory_of_one(tmp_path, data, heads):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+    caption = _summary(tmp_path / "two").get("phase1b_caption", {})
+    if "fsdp" in heads:  # each process held about half of the caption stage's weights
+        spread = caption["fsdp"]
+        assert spread["processes"] == 2 and 0.45 < spread["weights_here"] / spread["weights"] < 0.55, spread
+    else:
+        assert "fsdp" not in caption
+
+
+def test_a_sharded_caption_stage_killed_after_a_checkpoint_resumes_exactly(tmp_path, data):
+    """The caption stage sharded over 2 processes (FSDP), every process SIGKILLed right after its
+    step-2 checkpoint, resumed under 2 processes: the checkpoint holds whole tensors (gathered
+    from the shards) and each process takes its slice back, weights and AdamW's moments, so the
+    run ends where one uninterrupted process ends."""
+    config = write_config(tmp_path, data, tasks=(), checkpoint_every=2, dropout=0.0)
+    config.write_text(config.read_text().replace("[captioning]\n", "[captioning]\nfsdp = true\n"))
+    straight = tmp_path / "straight"
+    train_pipeline(load_pipeline_config(config), straight)
+    killed = tmp_path / "killed"
+    work = tmp_path / "killed.work"
+    _train_until("checkpoint of phase1b_caption", config, killed, resume=False, processes=2)
+    state = json.loads((work / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("phase1b_caption", 2)
+    moments = load_file(work / "checkpoint" / "optimizer.safetensors")
+    weights = load_file(work / "checkpoint" / "trainable.safetensors")
+    # whole tensors: as many moments as weights, each of its weight's full shape
+    assert sorted(t.shape for k, t in moments.items() if k.endswith("exp_avg")) == sorted(
+        t.shape for t in weights.values()
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    done = subprocess.run(
+        [*launcher, str(_free_port()), "-m", "unifashion", "train", "--config", str(config), "--out", str(killed)]
+        + ["--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _summary(killed)["phase1b_caption"]["fsdp"]["processes"] == 2
+    assert _losses(killed, "phase1b_caption") == pytest.approx(_losses(straight, "phase1b_caption"), abs=1e-4)
+    a, b = _tensors(straight), _tensors(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def _summary(model: Path) -> dict:
+    return json.loads((model / "config.json").read_text())["training"]["pipeline"]["summary"]
 
 
 def test_a_two_process_run_killed_in_phase_1a_and_in_phase_2_resumes_under_two_processes(tmp_path, data):
