@@ -251,6 +251,9 @@ class CaptionTrainingConfig:
     # Another LoRA size than the preset's (``LLMConfig``); alpha follows the rank at 2x unless given.
     lora_rank: int | None = None
     lora_alpha: int | None = None
+    # Start the LoRA from a converted one (``unifashion convert llava-lora``: the official release's
+    # LLaVA LoRA) instead of zero; its rank, alpha and target modules must be the LLM's.
+    lora_init: str | None = None
     # AdamW's betas and eps, and the rate after the warm-up: "cosine" decay to zero or "constant"
     # (the paper: betas 0.9 / 0.99, cosine for the Q-Former and LLM, constant for the U-Nets).
     adam_betas: tuple[float, ...] = (0.9, 0.98)

@@ -707,6 +707,48 @@ def test_a_lavis_blip2_checkpoint_converts_and_computes_the_same(tmp_path):
         convert_lavis_blip2(tmp_path / "broken.pth", tmp_path / "x", vision_heads=4, qformer_heads=4)
 
 
+@pytest.mark.parametrize("variant", ["Blip2QformerCirCls", "Blip2QformerCirRerank"])
+def test_the_official_releases_qformer_checkpoints_convert_and_compute_the_same(tmp_path, variant):
+    """The official UniFashion release's Q-Former files as its training code writes them
+    (utils.save_model: torch.save({"epoch", class name: state_dict})), the EVA vision tower in fp16
+    (LAVIS's vit_precision), and each variant's extra tensors (cls: query_proj; rerank: also
+    caption_proj and prompt_tokens): the entry is found without --key, every extra tensor is named
+    with its reason, and the converted model computes the original's logits."""
+    from transformers import Blip2ForImageTextRetrieval
+
+    from unifashion.backbones.convert import convert_lavis_blip2
+    from unifashion.cli import main
+
+    reference = _real_vocab_blip2()
+    with torch.no_grad():  # the release keeps the vision tower in fp16: the reference uses those values
+        for p in reference.vision_model.parameters():
+            p.copy_(p.half().float())
+    lavis = {k: v.half() if k.startswith("visual_encoder.") else v for k, v in _as_lavis(reference).items()}
+    width = reference.config.qformer_config.hidden_size
+    extra = {"query_proj.weight": torch.randn(16, 16), "query_proj.bias": torch.zeros(16)}
+    if variant == "Blip2QformerCirRerank":
+        extra |= {"caption_proj.weight": torch.randn(16, width), "caption_proj.bias": torch.zeros(16)}
+        extra["prompt_tokens"] = torch.randn(1, 4, width)
+    release = tmp_path / "tuned_clip_best.pt"
+    torch.save({"epoch": 4, variant: {**lavis, **extra}}, release)
+    out = tmp_path / "qformer"
+    args = ["convert", "lavis-blip2", str(release), str(out), "--vision-heads", "4", "--qformer-heads", "4"]
+    assert main(args) == 0
+    report = convert_lavis_blip2(release, tmp_path / "again", vision_heads=4, qformer_heads=4)
+    named = {k: why for k, why in report["not_mapped"].items() if k in extra}
+    assert set(named) == set(extra)
+    assert all("no counterpart" not in why for why in named.values()), named
+    converted = Blip2ForImageTextRetrieval.from_pretrained(out, use_safetensors=True).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[101, 1037, 2417, 4377, 102], [101, 30522, 2417, 4377, 102]])
+    inputs = {"pixel_values": pixels, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        for itm in (True, False):
+            want = reference(**inputs, use_image_text_matching_head=itm).logits_per_image
+            got = converted(**inputs, use_image_text_matching_head=itm).logits_per_image
+            assert torch.allclose(got, want, atol=1e-4), itm
+
+
 def _llava_stand_in(tokenizer):
     """llava-hf/llava-1.5-7b-hf's config.json (a Llama text model under a CLIP ViT-L/14-336 tower,
     projector "gelu", vision feature layer -2), shrunk in depth and width."""
@@ -922,13 +964,13 @@ def vae_to_ldm(state, n_levels, layers_per_block):
     return out
 
 
-def _ldm_standin(tmp_path):
+def _ldm_standin(tmp_path, in_channels: int = 9):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=9,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
@@ -1000,3 +1042,74 @@ def test_an_ldm_checkpoint_converts_to_a_diffusers_folder_that_computes_the_same
     torch.save({"state_dict": short}, tmp_path / "short.ckpt")
     with pytest.raises(ConvertError, match=r"missing \['conv_out.weight'\]"):
         convert_ldm(tmp_path / "short.ckpt", tmp_path / "y", unet_config=configs / "unet.json")
+
+
+def test_stablevitons_try_on_checkpoint_and_its_vae_convert(tmp_path):
+    """StableVITON's try-on file (VITONHD.yaml's ControlLDM, saved flat as its inference.py loads it): a
+    13-channel U-Net (noisy latent, agnostic latent, mask, DensePose latent) carrying the warp attention
+    blocks inside model.diffusion_model, beside the ControlNet branch, the CLIP image encoder and its
+    mapper, lastzc and the DDPM buffers. The U-Net converts and computes the same; every other tensor is
+    named, the warp blocks with a note. Its VITON-HD VAE (a file of an AutoencoderKL's own names, plus the
+    training loss's) converts alone into a vae/ folder for diffusion.vae_source."""
+    from unifashion.backbones.convert import ConvertError, convert_ldm
+    from unifashion.cli import main
+
+    unet, vae, state, configs = _ldm_standin(tmp_path, in_channels=13)
+    state = {k: v for k, v in state.items() if not k.startswith("first_stage_model.")}
+    warp = {
+        "model.diffusion_model.warp_flow_blks.0.proj_in.weight": torch.randn(64, 64, 1, 1),
+        "model.diffusion_model.warp_flow_blks.0.transformer_blocks.0.attn2.to_k.weight": torch.randn(64, 32),
+        "model.diffusion_model.warp_zero_convs.0.weight": torch.zeros(64, 64, 1, 1),
+        "model.diffusion_model.warp_zero_convs.0.bias": torch.zeros(64),
+    }
+    others = {
+        "control_model.input_blocks.0.0.weight": torch.randn(32, 13, 3, 3),
+        "control_model.cond_first_block.0.weight": torch.zeros(32, 4, 3, 3),
+        "cond_stage_model.mapper.resblocks.0.attn.c_qkv.weight": torch.randn(96, 32),
+        "proj_out.weight": torch.randn(32, 32),
+        "lastzc.weight": torch.zeros(4, 4, 1, 1),
+        "betas": torch.linspace(0.00085, 0.012, 10),
+        "alphas_cumprod": torch.ones(10),
+    }
+    ckpt = tmp_path / "VITONHD.ckpt"
+    torch.save({**state, **warp, **others}, ckpt)
+    out = tmp_path / "stableviton"
+    assert main(["convert", "ldm", str(ckpt), str(out), "--unet-config", str(configs / "unet.json")]) == 0
+    report = convert_ldm(ckpt, tmp_path / "again", unet_config=configs / "unet.json")
+    assert report["in_channels"] == 13 and report["unet"] == len(unet.state_dict())
+    assert report["not_mapped"] == {
+        "model.diffusion_model.warp_flow_blks": 2,
+        "model.diffusion_model.warp_zero_convs": 2,
+        "control_model": 2,
+        "cond_stage_model": 2,  # the stand-in's mapper weight and final_ln (as in Paint-by-Example)
+        "proj_out": 1,
+        "lastzc": 1,
+        "learnable_vector": 1,
+        "betas": 1,
+        "alphas_cumprod": 1,
+    }
+    assert len(report["notes"]) == 1 and "ControlNet" in report["notes"][0]
+    loaded = diffusion.load_unet(str(out))
+    x, t, cond = torch.randn(1, 13, 8, 8), torch.tensor([50]), torch.randn(1, 3, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, t, encoder_hidden_states=cond).sample, unet(x, t, cond).sample, atol=1e-5)
+    assert not (out / "vae").exists()
+
+    vae_ckpt = tmp_path / "VITONHD_VAE_finetuning.ckpt"
+    bare = vae_to_ldm({k: v.clone() for k, v in vae.state_dict().items()}, 2, 1)
+    torch.save({"state_dict": {**bare, "loss.logvar": torch.zeros(())}, "epoch": 7}, vae_ckpt)
+    with pytest.raises(ConvertError, match=r"holds a VAE alone; give its diffusers config \(--vae-config\)"):
+        convert_ldm(vae_ckpt, tmp_path / "x")
+    vae_out = tmp_path / "vitonhd-vae"
+    assert main(["convert", "ldm", str(vae_ckpt), str(vae_out), "--vae-config", str(configs / "vae.json")]) == 0
+    assert not (vae_out / "unet").exists()
+    loaded_vae = diffusion.load_vae(str(vae_out))
+    pixels = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        want = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        assert torch.allclose(loaded_vae.decode(loaded_vae.encode(pixels).latent_dist.mean).sample, want, atol=1e-5)
+    with pytest.raises(ConvertError, match=r"holds a U-Net; give its diffusers config \(--unet-config\)"):
+        convert_ldm(ckpt, tmp_path / "y")
+    torch.save({"x.weight": torch.zeros(1)}, tmp_path / "neither.ckpt")
+    with pytest.raises(ConvertError, match=r"neither an LDM U-Net"):
+        convert_ldm(tmp_path / "neither.ckpt", tmp_path / "z", vae_config=configs / "vae.json")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -204,6 +205,12 @@ _LAVIS_UNUSED = {
     "Qformer.cls.": "the Q-Former's own text-generation head (BLIP-2's ITG loss), not part of retrieval",
     "Qformer.bert.embeddings.position_ids": "a constant index buffer, rebuilt on load",
     "temp": "the contrastive temperature (transformers' retrieval model has none; training learns its own)",
+    # What the official UniFashion release's Q-Former checkpoints ({"epoch", "Blip2QformerCirCls" or
+    # "Blip2QformerCirRerank": state}) hold besides BLIP-2's tensors.
+    "query_proj.": "the CIR variants' 256 -> 256 query projection, which their forward never calls",
+    "caption_proj.": "the rerank variant's caption projection (a second ITC head for captions; ours is "
+    "text_proj, shared)",
+    "prompt_tokens": "the rerank variant's learned prompt tokens (ours has no prompt tokens)",
 }
 
 
@@ -383,11 +390,16 @@ def _strict(model_cls, config: dict, state: dict[str, torch.Tensor], where: str)
     return model
 
 
+# StableVITON's U-Net (cldm/warping_cldm_network.py) adds zero cross-attention blocks that read its
+# ControlNet branch's features of the cloth; a UNet2DConditionModel has no place for them.
+STABLEVITON_WARP = ("warp_flow_blks.", "warp_zero_convs.")
+
+
 def convert_ldm(
     src: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    unet_config: str | os.PathLike,
+    unet_config: str | os.PathLike | None = None,
     vae_config: str | os.PathLike | None = None,
     scheduler_config: str | os.PathLike | None = None,
     pipeline: str | None = None,
@@ -396,25 +408,39 @@ def convert_ldm(
     """An LDM checkpoint -> a diffusers folder (``unet/``, ``vae/`` when the file has one and
     ``vae_config`` is given, ``scheduler/`` and ``model_index.json`` when asked). The U-Net's input
     channels are read from the checkpoint (9 for Paint-by-Example, 13 for StableVITON's try-on
-    U-Net). Returns ``{"unet": n, "vae": n, "not_mapped": {prefix or name: count}}``."""
+    U-Net). A file of a VAE alone (``first_stage_model.*`` or an AutoencoderKL's own names, as
+    StableVITON's VITON-HD VAE) gives ``vae/`` alone: a ``diffusion.vae_source``.
+    Returns ``{"unet": n, "vae": n, "not_mapped": {prefix or name: count}, "notes": [...]}``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     src = Path(src)
     state = read_state(src, key)
     conv_in = state.get(LDM_UNET_PREFIX + "input_blocks.0.0.weight")
-    if conv_in is None:
-        raise ConvertError(f"{src}: no {LDM_UNET_PREFIX}input_blocks.0.0.weight (not an LDM U-Net checkpoint)")
-    ucfg = _read_config(unet_config, "U-Net")
-    ucfg["in_channels"] = int(conv_in.shape[1])
+    has_vae = any(k.startswith(LDM_VAE_PREFIX) for k in state) or "encoder.conv_in.weight" in state
+    if conv_in is None and not has_vae:
+        raise ConvertError(
+            f"{src}: neither an LDM U-Net ({LDM_UNET_PREFIX}input_blocks.0.0.weight) nor a VAE "
+            f"({LDM_VAE_PREFIX}encoder.conv_in.weight or encoder.conv_in.weight)"
+        )
+    if conv_in is not None and unet_config is None:
+        raise ConvertError(f"{src}: holds a U-Net; give its diffusers config (--unet-config)")
+    if conv_in is None and vae_config is None:
+        raise ConvertError(f"{src}: holds a VAE alone; give its diffusers config (--vae-config)")
+    report: dict = {"source": str(src), "notes": []}
     # diffusers' renaming passes the checkpoint's own tensors through (views where it reshapes), so
     # the storages it returns tell which tensors of the file found a place.
-    unet_state = convert_ldm_unet_checkpoint(state, ucfg)
-    used = _storage_ids(unet_state.values())
-    unet = _strict(UNet2DConditionModel, ucfg, unet_state, f"{src} (U-Net)")
-    report: dict = {"source": str(src), "unet": len(unet_state), "in_channels": ucfg["in_channels"]}
+    used: set[int] = set()
+    unet = None
+    if conv_in is not None:
+        ucfg = _read_config(unet_config, "U-Net")
+        ucfg["in_channels"] = int(conv_in.shape[1])
+        unet_state = convert_ldm_unet_checkpoint(state, ucfg)
+        used |= _storage_ids(unet_state.values())
+        unet = _strict(UNet2DConditionModel, ucfg, unet_state, f"{src} (U-Net)")
+        report |= {"unet": len(unet_state), "in_channels": ucfg["in_channels"]}
     vae = None
-    if any(k.startswith(LDM_VAE_PREFIX) for k in state) and vae_config is not None:
+    if has_vae and vae_config is not None:
         vcfg = _read_config(vae_config, "VAE")
         vae_state = convert_ldm_vae_checkpoint(state, vcfg)
         used |= _storage_ids(vae_state.values())
@@ -423,9 +449,21 @@ def convert_ldm(
     not_mapped: dict[str, list[str]] = {}
     for name, tensor in state.items():
         if tensor.untyped_storage().data_ptr() not in used:
-            group = LDM_UNET_PREFIX if name.startswith(LDM_UNET_PREFIX) else name.split(".", 1)[0]
+            inner = name[len(LDM_UNET_PREFIX) :]
+            if name.startswith(LDM_UNET_PREFIX) and inner.startswith(STABLEVITON_WARP):
+                group = LDM_UNET_PREFIX + inner.split(".", 1)[0]
+            elif name.startswith(LDM_UNET_PREFIX):
+                group = LDM_UNET_PREFIX
+            else:
+                group = name.split(".", 1)[0]
             not_mapped.setdefault(group, []).append(name)
-    # Inside the U-Net every tensor must find its place (StableVITON's extra attention would not).
+    if any(f"{g}." == LDM_UNET_PREFIX + w for g in not_mapped for w in STABLEVITON_WARP):
+        report["notes"].append(
+            "StableVITON's warp attention (warp_flow_blks, warp_zero_convs: zero cross-attention that adds its "
+            "ControlNet branch's cloth features to the decoder) has no place in a UNet2DConditionModel; the "
+            "converted U-Net runs without it, and without the ControlNet (control_model)"
+        )
+    # Inside the U-Net every other tensor must find its place.
     if LDM_UNET_PREFIX in not_mapped:
         names = not_mapped[LDM_UNET_PREFIX]
         raise ConvertError(
@@ -434,7 +472,8 @@ def convert_ldm(
         )
     report["not_mapped"] = {group: len(names) for group, names in not_mapped.items()}
     with atomic_directory(out) as tmp:
-        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        if unet is not None:
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if vae is not None:
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
         if scheduler_config is not None:
@@ -444,3 +483,79 @@ def convert_ldm(
         if pipeline:
             (tmp / "model_index.json").write_text(json.dumps({"_class_name": pipeline}, indent=2) + "\n")
     return report
+
+
+# ---------------------------------------------------------------------------
+# A LLaVA LoRA (LLaVA's train.py with --lora_enable, as the official UniFashion release's caption
+# model was tuned: adapter_config.json + adapter_model.{safetensors,bin}, and non_lora_trainables.bin
+# with the multimodal projector) -> the LoRA of our caption head's LLM. PEFT names the language
+# model's tensors as ours does (base_model.model.model.layers.N.<module>.lora_A/B.weight); only the
+# projector has no counterpart, since it reads CLIP patch features and our adapter reads Q-Former
+# queries.
+
+_LLAVA_LORA_NAME = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_[AB]\.weight")
+
+
+def convert_llava_lora(src: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """A LLaVA LoRA folder -> ``out/lora.safetensors`` + ``out/lora.json`` (rank, alpha, dropout,
+    target modules, layers), what ``[captioning] lora_init`` starts the caption head from. Every
+    tensor is mapped or named with the reason it was not."""
+    from safetensors.torch import load_file
+
+    src = Path(src)
+    config_path = src / "adapter_config.json"
+    if not config_path.is_file():
+        raise ConvertError(f"{src}: no adapter_config.json (not a PEFT LoRA folder)")
+    config = read_json(config_path)
+    for field in ("r", "lora_alpha", "target_modules"):
+        if field not in config:
+            raise ConvertError(f"{config_path}: missing field {field!r}")
+    if (src / "adapter_model.safetensors").is_file():
+        state = load_file(os.fspath(src / "adapter_model.safetensors"))
+    elif (src / "adapter_model.bin").is_file():
+        state = read_state(src / "adapter_model.bin")
+    else:
+        raise ConvertError(f"{src}: no adapter_model.safetensors or adapter_model.bin")
+    lora: dict[str, torch.Tensor] = {}
+    left: dict[str, str] = {}
+    layers, modules = set(), set()
+    for name, tensor in state.items():
+        plain = name.replace(".default.", ".")  # older PEFT kept the adapter's name
+        match = _LLAVA_LORA_NAME.fullmatch(plain)
+        if match is None:
+            left[name] = "not a LoRA weight of the language model's decoder layers"
+            continue
+        layers.add(int(match.group(1)))
+        modules.add(match.group(2))
+        lora[plain] = tensor
+    if not lora:
+        raise ConvertError(f"{src}: no LoRA weight of the language model (expected base_model.model.model.layers.*)")
+    rank = int(config["r"])
+    wrong = sorted(k for k, v in lora.items() if (v.shape[0] if ".lora_A." in k else v.shape[1]) != rank)
+    if wrong:
+        raise ConvertError(f"{src}: LoRA weights of another rank than r={rank}: {wrong[:3]}")
+    declared = config["target_modules"]
+    declared = sorted(declared) if isinstance(declared, list) else [declared]
+    if isinstance(config["target_modules"], list) and set(declared) != modules:
+        raise ConvertError(f"{config_path}: target_modules {declared}, but the weights adapt {sorted(modules)}")
+    if layers != set(range(len(layers))):
+        raise ConvertError(f"{src}: LoRA weights for layers {sorted(layers)}: some layers are missing")
+    projector = src / "non_lora_trainables.bin"
+    if projector.is_file():
+        for name in read_state(projector):
+            left[name] = (
+                "LLaVA's multimodal projector reads CLIP ViT-L patch features, not Q-Former queries: "
+                "the caption adapter (text_adapter) trains from scratch"
+            )
+    meta = {
+        "rank": rank,
+        "alpha": int(config["lora_alpha"]),
+        "dropout": float(config.get("lora_dropout", 0.0)),
+        "targets": sorted(modules),
+        "layers": len(layers),
+        "source": str(src),
+    }
+    with atomic_directory(out) as tmp:
+        save_state(lora, tmp / "lora.safetensors")
+        (tmp / "lora.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return {**meta, "tensors": len(lora), "not_mapped": left}

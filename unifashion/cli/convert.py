@@ -56,12 +56,29 @@ def cmd_convert_ldm(args: argparse.Namespace) -> int:
         pipeline=args.pipeline,
         key=args.key,
     )
-    print(f"U-Net: {report['unet']} tensors, {report['in_channels']} input channels")
+    if "unet" in report:
+        print(f"U-Net: {report['unet']} tensors, {report['in_channels']} input channels")
     if "vae" in report:
         print(f"VAE: {report['vae']} tensors")
     for group, count in sorted(report["not_mapped"].items()):
         print(f"not mapped: {group}* ({count} tensors)")
-    return _wrote(args, report, "(use it as diffusion.source)")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    use = "(use it as diffusion.source)" if "unet" in report else "(use it as diffusion.vae_source)"
+    return _wrote(args, report, use)
+
+
+def cmd_convert_llava_lora(args: argparse.Namespace) -> int:
+    from unifashion.backbones.convert import convert_llava_lora
+
+    report = convert_llava_lora(args.source, args.out)
+    print(
+        f"LoRA rank {report['rank']}, alpha {report['alpha']}, on {', '.join(report['targets'])} of "
+        f"{report['layers']} layers: {report['tensors']} tensors"
+    )
+    for name, why in sorted(report["not_mapped"].items()):
+        print(f"not mapped: {name}: {why}")
+    return _wrote(args, report, "(use it as [captioning] lora_init)")
 
 
 def register(sub) -> None:
@@ -101,12 +118,17 @@ def register(sub) -> None:
         "(model.diffusion_model.*) and the VAE (first_stage_model.*) with diffusers' LDM conversion, "
         "checks both against the given diffusers configs (nothing missing, nothing left over), takes "
         "the U-Net's input channels from the checkpoint, and lists the tensors outside both (the "
-        "conditioning encoder, ControlNet branches, ...).",
+        "conditioning encoder, ControlNet branches, StableVITON's warp attention, ...). A file of a VAE "
+        "alone (StableVITON's VITON-HD VAE) needs only --vae-config.",
     )
     ldm.add_argument("source", help="the .ckpt / .pth file")
     ldm.add_argument("out", help="output folder")
-    ldm.add_argument("--unet-config", required=True, help="a diffusers U-Net config.json of the same architecture")
-    ldm.add_argument("--vae-config", help="a diffusers VAE config.json (to convert the VAE too)")
+    ldm.add_argument(
+        "--unet-config", help="a diffusers U-Net config.json of the same architecture (needed when the file has one)"
+    )
+    ldm.add_argument(
+        "--vae-config", help="a diffusers VAE config.json (to convert the VAE too; alone for a VAE-only file)"
+    )
     ldm.add_argument("--scheduler-config", help="a scheduler_config.json to put beside them")
     ldm.add_argument(
         "--pipeline",
@@ -116,3 +138,15 @@ def register(sub) -> None:
     ldm.add_argument("--key", help="the entry of the file that holds the state dict (default: found)")
     ldm.add_argument("--json", action="store_true", help="also print the report as JSON")
     ldm.set_defaults(func=cmd_convert_ldm)
+    llava = group.add_parser(
+        "llava-lora",
+        help="a LLaVA LoRA folder (adapter_config.json, adapter_model.*) -> the caption head's starting LoRA",
+        description="Reads a PEFT LoRA of LLaVA's language model (adapter_model.safetensors, or .bin with "
+        "torch.load(weights_only=True)), checks its rank, target modules and layers, and writes lora.safetensors "
+        "+ lora.json for [captioning] lora_init. LLaVA's multimodal projector (non_lora_trainables.bin) reads "
+        "CLIP patch features, not Q-Former queries, and is listed as not mapped.",
+    )
+    llava.add_argument("source", help="the LoRA folder (LLaVA's --output_dir)")
+    llava.add_argument("out", help="output folder")
+    llava.add_argument("--json", action="store_true", help="also print the report as JSON")
+    llava.set_defaults(func=cmd_convert_llava_lora)

@@ -152,6 +152,38 @@ class Captioner(nn.Module):
         for n, p in self.llm.named_parameters():
             p.requires_grad_(lora and "lora_" in n)
 
+    def load_lora(self, folder: str | os.PathLike) -> None:
+        """Start from LoRA weights converted by ``unifashion convert llava-lora`` (``lora.safetensors``
+        + ``lora.json``): rank, alpha and target modules must be this LLM's; every LoRA weight of
+        the LLM must be there and nothing else."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_path = folder / "lora.json"
+        if not meta_path.is_file() or not (folder / "lora.safetensors").is_file():
+            raise UniFashionError(f"{folder}: expected lora.json and lora.safetensors (unifashion convert llava-lora)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        ours = {
+            "rank": self.config.lora_rank,
+            "alpha": self.config.lora_alpha,
+            "targets": sorted(self.config.lora_targets),
+        }
+        theirs = {"rank": meta.get("rank"), "alpha": meta.get("alpha"), "targets": sorted(meta.get("targets", []))}
+        if ours != theirs:
+            raise ConfigError(
+                f"{meta_path}: LoRA {theirs}, but the LLM is set up with {ours}; set [captioning] lora_rank and "
+                "lora_alpha and [model.llm] lora_targets to the file's"
+            )
+        result = set_peft_model_state_dict(self.llm, load_file(os.fspath(folder / "lora.safetensors")))
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if missing or unexpected:
+            raise UniFashionError(
+                f"{folder / 'lora.safetensors'}: does not fit the LLM (missing {missing[:3]} ({len(missing)}), "
+                f"unexpected {unexpected[:3]} ({len(unexpected)}))"
+            )
+
     # -- prompts ----------------------------------------------------------------
 
     def prompt_ids(self, style: str) -> tuple[list[int], list[int]]:

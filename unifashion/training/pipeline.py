@@ -417,6 +417,8 @@ def _caption_stage(p: Pipeline, model, data, cache, resume: bool) -> dict[str, A
         return Captioner.build(llm, model.config.qformer.hidden_size)
 
     captioner = build()
+    if cfg.lora_init:
+        captioner.load_lora(cfg.lora_init)
     if cfg.gradient_checkpointing:
         captioner.enable_gradient_checkpointing()
     last = phase1.train_phase1b_captioner(

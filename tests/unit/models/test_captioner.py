@@ -1,5 +1,6 @@
 """The caption head on the tiny preset: soft-prompt path, ITG loss, freezing, decoding, persistence, overfitting."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -226,3 +227,58 @@ def test_the_units_sharded_under_fsdp_are_the_llms_decoder_layers(captioner):
     assert [id(u) for u in units] == [id(layer) for layer in layers]
     assert len(units) > 1
     assert transformer_blocks(nn.Sequential(nn.Linear(2, 2))) == []
+
+
+def test_a_llava_lora_converts_and_starts_the_caption_heads_lora(tmp_path):
+    """A LoRA folder as LLaVA's train.py writes it (adapter_config.json, adapter_model.bin with PEFT's
+    names, non_lora_trainables.bin with the projector): converted, it loads into a fresh caption head,
+    which then computes what the LoRA's own model computes; the projector is named as not mapped, a
+    LoRA of another rank is refused by name, and so is a file of the wrong layers."""
+    from peft import get_peft_model_state_dict
+
+    from unifashion.backbones.convert import ConvertError, convert_llava_lora
+    from unifashion.cli import main
+
+    config = tiny().llm
+    torch.manual_seed(0)
+    source = Captioner.build(config, QUERY_DIM).eval()
+    with torch.no_grad():
+        for n, p in source.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)  # a trained LoRA (PEFT starts B at zero)
+    lora = {k: v.clone() for k, v in get_peft_model_state_dict(source.llm).items()}
+    assert lora and all(k.startswith("base_model.model.model.layers.") for k in lora)
+    folder = tmp_path / "llava-v1.5-7b-lora"
+    folder.mkdir()
+    torch.save(lora, folder / "adapter_model.bin")
+    adapter = {"r": config.lora_rank, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05}
+    (folder / "adapter_config.json").write_text(json.dumps({**adapter, "target_modules": list(config.lora_targets)}))
+    torch.save({"base_model.model.model.mm_projector.0.weight": torch.randn(8, 6)}, folder / "non_lora_trainables.bin")
+    out = tmp_path / "lora"
+    assert main(["convert", "llava-lora", str(folder), str(out)]) == 0
+    report = convert_llava_lora(folder, tmp_path / "again")
+    assert (report["rank"], report["alpha"], report["targets"]) == (
+        config.lora_rank,
+        config.lora_alpha,
+        sorted(config.lora_targets),
+    )
+    assert list(report["not_mapped"]) == ["base_model.model.model.mm_projector.0.weight"]
+
+    torch.manual_seed(1)
+    fresh = Captioner.build(config, QUERY_DIM).eval()
+    fresh.text_adapter.load_state_dict(source.text_adapter.state_dict())
+    queries = torch.randn(2, 4, QUERY_DIM)
+    with torch.no_grad():
+        want = source.itg_loss(queries, ["title", "title"], ["a red dress", "blue jeans"])
+        before = fresh.itg_loss(queries, ["title", "title"], ["a red dress", "blue jeans"])
+        fresh.load_lora(out)
+        got = fresh.itg_loss(queries, ["title", "title"], ["a red dress", "blue jeans"])
+    assert not torch.allclose(before, want, atol=1e-3)
+    assert torch.allclose(got, want, atol=1e-6)
+
+    wider = Captioner.build(replace(config, lora_rank=2 * config.lora_rank), QUERY_DIM)
+    with pytest.raises(ConfigError, match=r"lora\.json: LoRA \{'rank': 4"):
+        wider.load_lora(out)
+    torch.save({k: v for k, v in lora.items() if ".layers.0." not in k}, folder / "adapter_model.bin")
+    with pytest.raises(ConvertError, match=r"some layers are missing"):
+        convert_llava_lora(folder, tmp_path / "x")

@@ -693,6 +693,7 @@ def test_the_papers_recipe_loads_and_says_what_the_paper_says():
         assert (section.lr, section.adam_betas, section.lr_schedule) == (2e-5, (0.9, 0.99), "cosine")
         assert (section.batch_size, section.warmup_ratio, section.weight_decay) == (32, 0.03, 0.0)
     assert (cfg.captioning.lora_rank, cfg.captioning.lora_alpha) == (128, 256)
+    assert len(cfg.model_config().llm.lora_targets) == 7  # every linear layer, as LLaVA's LoRA
     g = cfg.generation
     assert (g.lr, g.lr_schedule, g.batch_size, g.steps, g.adam_betas) == (1e-4, "constant", 32, 360000, (0.9, 0.99))
     assert g.ema_decay == g.noise_offset == g.noisy_share == g.min_snr_gamma == 0.0
