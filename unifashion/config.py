@@ -138,10 +138,12 @@ class DiffusionConfig:
     # How a pretrained inpainting U-Net of ``source`` reads the channels after the noisy latent.
     # "concat" (ours): agnostic latent, mask (1 = paint), then pose / sketch / cloth latent;
     # "paint_by_example": masked latent, mask with 1 = keep (Paint-by-Example inverts it), then ours;
-    # "sd_inpainting": mask (1 = paint), masked latent, then ours. "auto": from the source's
-    # model_index.json (PaintByExamplePipeline, StableDiffusionInpaintPipeline); "concat" for a
-    # plain 4-channel U-Net. Extra channels beyond the pretrained ones start at zero either way.
-    input_layout: Literal["auto", "concat", "paint_by_example", "sd_inpainting"] = "auto"
+    # "sd_inpainting": mask (1 = paint), masked latent, then ours; "stableviton": masked latent,
+    # mask with 1 = keep, StableVITON's DensePose latent (zeros here: we have no DensePose), then
+    # ours. "auto": from the source's model_index.json (PaintByExamplePipeline,
+    # StableDiffusionInpaintPipeline, StableVITON); "concat" for a plain 4-channel U-Net. Extra
+    # channels beyond the pretrained ones start at zero either way.
+    input_layout: Literal["auto", "concat", "paint_by_example", "sd_inpainting", "stableviton"] = "auto"
     # The first and last beta of the "linear" and "scaled_linear" schedules (diffusers' defaults;
     # Stable Diffusion: 0.00085 / 0.012). A pretrained ``source``'s scheduler_config.json must agree.
     beta_start: float = 0.0001

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -311,6 +312,36 @@ def test_inpainting_unets_get_their_own_channel_order_and_mask_polarity(sd_folde
     assert torch.allclose(out, ref, atol=1e-5)
     images = t2i.sample(torch.randn(1, 4, 48), None, steps=2, seed=0)
     assert images.shape[0] == 1
+
+
+def test_a_stableviton_unet_reads_its_own_channels_with_zeros_for_densepose(sd_folder, tmp_path):
+    """StableVITON's U-Net reads [z, agnostic latent, mask with 1 = keep, DensePose latent] (its dataset.py
+    inverts VITON-HD's agnostic mask); we have no DensePose, so its 4 channels read zeros and our pose
+    heatmaps go to new zero-weight channels after them: at the start the head computes exactly what
+    StableVITON's U-Net computes with a blank DensePose."""
+    from diffusers import UNet2DConditionModel
+
+    from unifashion.config import DiffusionConfig
+    from unifashion.models.generator import Generator
+
+    folder, _, _ = sd_folder
+    source = tmp_path / "stableviton"
+    torch.manual_seed(0)
+    config = {**dict(UNet2DConditionModel.load_config(folder / "unet")), "in_channels": 13}
+    unet = UNet2DConditionModel.from_config(config).eval()
+    unet.save_pretrained(source / "unet", safe_serialization=True)
+    shutil.copytree(folder / "vae", source / "vae")
+    (source / "model_index.json").write_text(json.dumps({"_class_name": "StableVITON"}))
+    cfg = DiffusionConfig(source=str(source), cross_attention_dim=32, image_size=16)
+    head = Generator.build(cfg, "tryon", condition_dim=48).eval()
+    assert head.spec.input_layout == "stableviton" and head.unet.config.in_channels == 4 + 4 + 1 + 4 + 18
+    z, agnostic, pose = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 18, 8, 8)
+    paint = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    cond, t, mask = torch.randn(2, 3, 32), torch.tensor([10, 500]), torch.ones(2, 3, dtype=torch.long)
+    with torch.no_grad():
+        ref = unet(torch.cat([z, agnostic, 1 - paint, torch.zeros(2, 4, 8, 8)], dim=1), t, cond).sample
+        out = head.predict_noise(z, t, cond, mask, torch.cat([agnostic, paint, pose], dim=1))
+    assert torch.allclose(out, ref, atol=1e-5)
 
 
 def test_pickle_only_checkpoints_are_refused(tmp_path):

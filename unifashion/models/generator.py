@@ -149,7 +149,17 @@ def widen_conv_in(unet: nn.Module, in_channels: int) -> nn.Module:
 
 
 # Pretrained inpainting pipelines whose U-Net input order and mask polarity differ from ours.
-PIPELINE_LAYOUTS = {"PaintByExamplePipeline": "paint_by_example", "StableDiffusionInpaintPipeline": "sd_inpainting"}
+# (StableVITON is no diffusers pipeline; ``convert ldm --pipeline StableVITON`` names its U-Net so.)
+PIPELINE_LAYOUTS = {
+    "PaintByExamplePipeline": "paint_by_example",
+    "StableDiffusionInpaintPipeline": "sd_inpainting",
+    "StableVITON": "stableviton",
+}
+
+
+def inserted_channels(layout: str, latent_channels: int) -> int:
+    """Channels a layout puts in for inputs we do not have: StableVITON's DensePose latent."""
+    return latent_channels if layout == "stableviton" else 0
 
 
 def resolve_input_layout(cfg: DiffusionConfig, pretrained_in_channels: int) -> str:
@@ -166,7 +176,8 @@ def resolve_input_layout(cfg: DiffusionConfig, pretrained_in_channels: int) -> s
     raise ConfigError(
         f"diffusion.input_layout: the U-Net of {cfg.source} reads {pretrained_in_channels} channels and its "
         f"model_index.json names {name or 'no pipeline'}; set 'paint_by_example' (masked latent, mask 1 = keep), "
-        "'sd_inpainting' (mask 1 = paint, masked latent) or 'concat' (masked latent, mask 1 = paint)"
+        "'sd_inpainting' (mask 1 = paint, masked latent), 'stableviton' (masked latent, mask 1 = keep, DensePose "
+        "latent) or 'concat' (masked latent, mask 1 = paint)"
     )
 
 
@@ -182,6 +193,9 @@ def arrange_extra(extra: torch.Tensor, layout: str, latent_channels: int) -> tor
         return torch.cat([agnostic, 1 - mask, rest], dim=1)
     if layout == "sd_inpainting":
         return torch.cat([mask, agnostic, rest], dim=1)
+    if layout == "stableviton":  # no DensePose here: its latent's channels read zeros
+        densepose = torch.zeros_like(agnostic)
+        return torch.cat([agnostic, 1 - mask, densepose, rest], dim=1)
     raise ConfigError(f"input_layout: unknown layout {layout!r}")
 
 
@@ -354,6 +368,7 @@ class Generator(nn.Module):
             blank = task == "text2image" and pretrained_in == 2 * config.latent_channels + 1
             if blank:  # an inpainting U-Net draws a whole image when everything is masked
                 in_extra = config.latent_channels + 1
+            in_extra += inserted_channels(layout, config.latent_channels)
             unet = widen_conv_in(unet, config.latent_channels + in_extra)
         else:
             vae = vae if vae is not None else build_vae(config)
