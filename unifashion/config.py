@@ -291,6 +291,10 @@ class GenerationTrainingConfig:
     # The try-on U-Net also reads the cloth image's VAE latent beside the person (CatVTON's
     # concatenation; the Q-Former's cloth queries stay the condition): ``benchmarks/head_levers.py``.
     tryon_cloth_latent: bool = False
+    # The cloth's latent beside the person's instead (CatVTON's spatial concatenation): the U-Net
+    # sees [person | cloth] side by side, twice as wide, and its self-attention can copy the
+    # garment's colours and pattern from the cloth half; only the person half is predicted.
+    tryon_cloth_beside: bool = False
     # Where the try-on and design U-Nets start: "fresh" weights, or the checkpoint's text2image
     # head ("text2image": its U-Net with zero weights for the extra input channels, its adapter and
     # null condition; Paint-by-Example and MGD start from Stable Diffusion the same way). Without a

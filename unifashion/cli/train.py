@@ -80,6 +80,7 @@ def cmd_train_generation(args: argparse.Namespace) -> int:
         tryon_steps=args.tryon_steps,
         design_steps=args.design_steps,
         tryon_cloth_latent=args.tryon_cloth_latent,
+        tryon_cloth_beside=args.tryon_cloth_beside,
         inpaint_init=args.inpaint_init,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -186,6 +187,12 @@ def _add_generation(tsub) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.tryon_cloth_latent,
         help="the try-on U-Net also reads the cloth image's latent as a spatial input",
+    )
+    p.add_argument(
+        "--tryon-cloth-beside",
+        action=argparse.BooleanOptionalAction,
+        default=d.tryon_cloth_beside,
+        help="the try-on U-Net sees the cloth's latent beside the person's, side by side (CatVTON)",
     )
     p.add_argument(
         "--inpaint-init",

@@ -323,6 +323,9 @@ class GeneratorSpec:
     # text2image through a pretrained inpainting U-Net: its masked-image and mask channels get a
     # blank (grey) image's latent and "paint everywhere".
     blank_inpaint: bool = False
+    # try-on: that latent sits beside the person's (the U-Net input is [person | cloth], twice as
+    # wide) instead of in extra channels
+    cloth_beside: bool = False
 
 
 class Generator(nn.Module):
@@ -349,13 +352,17 @@ class Generator(nn.Module):
         vae: nn.Module | None = None,
         latent_scale: float = 1.0,
         cloth_latent: bool = False,
+        cloth_beside: bool = False,
     ) -> Generator:
         """A head for ``task``; with ``config.source`` (the ``paper`` preset) the U-Net and VAE
         are Stable Diffusion / Paint-by-Example weights, the U-Net's first convolution widened
         with zero weights for the extra channels (MGD's way: the pretrained model is unchanged
         at the start)."""
         hw = image_hw or (config.image_size, config.image_size)
-        in_extra = extra_channels(task, config.latent_channels, cloth_latent)
+        if cloth_beside and not cloth_latent:
+            raise ConfigError("cloth_beside: needs cloth_latent (the cloth's latent is what sits beside the person)")
+        # Beside the person, the cloth's latent takes no input channels of its own.
+        in_extra = extra_channels(task, config.latent_channels, cloth_latent and not cloth_beside)
         if config.source:
             from unifashion.backbones.diffusion import check_schedule, load_unet, load_vae
 
@@ -375,7 +382,15 @@ class Generator(nn.Module):
             unet = build_unet(config, in_extra)
             layout, blank = "concat", False
         spec = GeneratorSpec(
-            check_task(task), condition_dim, hw[0], hw[1], float(latent_scale), cloth_latent, layout, blank
+            check_task(task),
+            condition_dim,
+            hw[0],
+            hw[1],
+            float(latent_scale),
+            cloth_latent,
+            layout,
+            blank,
+            cloth_beside,
         )
         return cls(config, spec, vae, unet)
 
@@ -437,10 +452,28 @@ class Generator(nn.Module):
     ) -> torch.Tensor:
         if self.spec.blank_inpaint and extra is None:
             extra = self.blank_extra(noisy)
+        if self.spec.cloth_beside:
+            return self._predict_beside(noisy, t, cond, mask, extra)
         if extra is not None:
             extra = arrange_extra(extra.to(noisy.dtype), self.spec.input_layout, self.config.latent_channels)
         x = noisy if extra is None else torch.cat([noisy, extra], dim=1)
         return self.unet(x, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+
+    def _predict_beside(
+        self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, extra: torch.Tensor
+    ) -> torch.Tensor:
+        """[person | cloth] side by side (CatVTON): the left half is the person's noisy latent and
+        inputs, the right half the clean cloth latent in both the latent and the masked-image slots,
+        mask 0 (keep), no pose; the prediction is the left half's. ``extra`` is ours: agnostic
+        latent, mask, pose heatmaps, cloth latent; (B, C, h, w) -> (B, 4, h, w)."""
+        c = self.config.latent_channels
+        person, cloth = extra[:, :-c].to(noisy.dtype), extra[:, -c:].to(noisy.dtype)
+        beside = torch.cat([cloth, torch.zeros_like(person[:, c:])], dim=1)  # ours: mask 0 = keep, no pose
+        left = torch.cat([noisy, arrange_extra(person, self.spec.input_layout, c)], dim=1)
+        right = torch.cat([cloth, arrange_extra(beside, self.spec.input_layout, c)], dim=1)
+        x = torch.cat([left, right], dim=3)  # (B, C, h, 2w)
+        out = self.unet(x, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+        return out[..., : noisy.shape[-1]]
 
     @torch.no_grad()
     def blank_extra(self, noisy: torch.Tensor) -> torch.Tensor:

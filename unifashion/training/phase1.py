@@ -464,9 +464,17 @@ def head_to_train(
     """A fresh head for ``task`` on ``vae``, or with ``cfg.continue_heads`` the head of checkpoint
     ``source`` (which must have been trained on that same VAE: the checkpoint's own)."""
     if not cfg.continue_heads:
-        cloth_latent = task == "tryon" and cfg.tryon_cloth_latent
+        beside = task == "tryon" and cfg.tryon_cloth_beside
+        cloth_latent = (task == "tryon" and cfg.tryon_cloth_latent) or beside
         head = Generator.build(
-            dcfg, task, condition_dim, hw, vae=vae, latent_scale=latent_scale, cloth_latent=cloth_latent
+            dcfg,
+            task,
+            condition_dim,
+            hw,
+            vae=vae,
+            latent_scale=latent_scale,
+            cloth_latent=cloth_latent,
+            cloth_beside=beside,
         )
         start = inpaint_start(source, task, cfg)
         if start is not None:
