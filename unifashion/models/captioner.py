@@ -156,9 +156,6 @@ class Captioner(nn.Module):
         """Start from LoRA weights converted by ``unifashion convert llava-lora`` (``lora.safetensors``
         + ``lora.json``): rank, alpha and target modules must be this LLM's; every LoRA weight of
         the LLM must be there and nothing else."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         meta_path = folder / "lora.json"
         if not meta_path.is_file() or not (folder / "lora.safetensors").is_file():
@@ -175,14 +172,7 @@ class Captioner(nn.Module):
                 f"{meta_path}: LoRA {theirs}, but the LLM is set up with {ours}; set [captioning] lora_rank and "
                 "lora_alpha and [model.llm] lora_targets to the file's"
             )
-        result = set_peft_model_state_dict(self.llm, load_file(os.fspath(folder / "lora.safetensors")))
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-        unexpected = list(getattr(result, "unexpected_keys", []))
-        if missing or unexpected:
-            raise UniFashionError(
-                f"{folder / 'lora.safetensors'}: does not fit the LLM (missing {missing[:3]} ({len(missing)}), "
-                f"unexpected {unexpected[:3]} ({len(unexpected)}))"
-            )
+        _load_lora_file(self.llm, folder / "lora.safetensors")
 
     # -- prompts ----------------------------------------------------------------
 
@@ -361,7 +351,6 @@ class Captioner(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> Captioner:
-        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         from unifashion.backbones.hub import load_state_strict
@@ -393,16 +382,23 @@ class Captioner(nn.Module):
         )
         if config.lora_rank == 0:
             return model.eval()
-        lora = load_file(os.fspath(folder / "lora.safetensors"))
-        result = set_peft_model_state_dict(model.llm, lora)
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-        unexpected = list(getattr(result, "unexpected_keys", []))
-        if missing or unexpected:
-            raise UniFashionError(
-                f"{folder / 'lora.safetensors'}: does not fit the LLM "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        _load_lora_file(model.llm, folder / "lora.safetensors")
         return model.eval()
+
+
+def _load_lora_file(llm: nn.Module, path: Path) -> None:
+    """LoRA weights (PEFT's names) from ``path`` into ``llm``: every LoRA weight there, nothing else."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(llm, load_file(os.fspath(path)))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise UniFashionError(
+            f"{path}: does not fit the LLM (missing {missing[:3]} ({len(missing)}), "
+            f"unexpected {unexpected[:3]} ({len(unexpected)}))"
+        )
 
 
 def sample_top_p(logits: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:

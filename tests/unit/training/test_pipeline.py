@@ -565,22 +565,27 @@ def test_a_sharded_caption_stage_killed_after_a_checkpoint_resumes_exactly(tmp_p
     assert sorted(t.shape for k, t in moments.items() if k.endswith("exp_avg")) == sorted(
         t.shape for t in weights.values()
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    done = subprocess.run(
-        [*launcher, str(_free_port()), "-m", "unifashion", "train", "--config", str(config), "--out", str(killed)]
-        + ["--resume"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _resume_under_two_processes(config, killed)
     assert _summary(killed)["phase1b_caption"]["fsdp"]["processes"] == 2
     assert _losses(killed, "phase1b_caption") == pytest.approx(_losses(straight, "phase1b_caption"), abs=1e-4)
     a, b = _tensors(straight), _tensors(killed)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def _resume_under_two_processes(config: Path, out: Path) -> None:
+    """``unifashion train --resume`` to the end under ``torch.distributed.run`` with 2 processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    done = subprocess.run(
+        [*launcher, str(_free_port()), "-m", "unifashion", "train", "--config", str(config), "--out", str(out)]
+        + ["--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _summary(model: Path) -> dict:
@@ -603,16 +608,7 @@ def test_a_two_process_run_killed_in_phase_1a_and_in_phase_2_resumes_under_two_p
     _train_until("checkpoint of phase2", config, killed, resume=True, processes=2)
     state = json.loads((work / "checkpoint" / "state.json").read_text())
     assert state["stage"] == "phase2" and json.loads((work / "progress.json").read_text())["done"] == ["phase1a"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    done = subprocess.run(
-        [*launcher, str(_free_port()), "-m", "unifashion", "train", "--config", str(config), "--out", str(killed)]
-        + ["--resume"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _resume_under_two_processes(config, killed)
     for stage in ("phase1a", "phase2"):
         with open(killed / "logs" / f"losses_{stage}.csv") as f:
             steps = [int(r["step"]) for r in csv.DictReader(f)]
