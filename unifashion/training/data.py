@@ -74,9 +74,15 @@ class TripletItems:
     target_views: list[list[int]] = field(default_factory=list)
     target_texts: list[list[str]] = field(default_factory=list)
     target_ids: list[int] = field(default_factory=list)
+    target_titles: list[str] = field(default_factory=list)  # "" where the target has none
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def caption_style(self, row: int, text: str) -> str:
+        """The caption style ``text`` (one of ``target_texts[row]``) is written in: the title is
+        answered to the title instruction, every other text to the description one."""
+        return "title" if text == self.target_titles[row] else "description"
 
 
 def triplet_items(
@@ -91,7 +97,8 @@ def triplet_items(
         if t.target is None or t.reference not in products or t.target not in products:
             continue
         target = products[t.target]
-        texts = (caption_source or {}).get(t.target) or product_texts(target)
+        given = (caption_source or {}).get(t.target)
+        texts = given or product_texts(target)
         if not texts:
             continue
         items.reference_views.append(table.rows(products[t.reference].images))
@@ -99,6 +106,7 @@ def triplet_items(
         items.target_views.append(table.rows(target.images))
         items.target_texts.append(list(texts))
         items.target_ids.append(ids[t.target])
+        items.target_titles.append("" if given else (target.title or ""))
     if len(items) < 2:
         raise DataError(
             f"split {data.split!r} has fewer than 2 labelled triplets: nothing to train on", path=str(data.root)

@@ -2,8 +2,12 @@
 
 L_cir = ITC(e_cls, Z_T) + ITC(e_cls, Z_C) + ITM(t, Z_T) (Eq. 10, ``models.qformer.cir_loss``), where
 ``Z_C`` embeds the target's caption. With the frozen heads of phase 1b, Eq. 13 adds ITG of the
-target caption and q2I of the target image, both from Z_R (``Phase2Stage.forward`` sums the terms).
-The LLM (with its LoRA), the U-Net and the VAE stay frozen; the Q-Former and both adapters train.
+target caption and q2I of the target image, both from Z_R (``Phase2Stage.forward`` sums the terms);
+each target text is answered to its own style's instruction (a title to the title one). Beyond the
+paper, ``itg_image_rows`` adds ITG of the target's text from the target image alone (Eq. 6 again, the
+path plain captioning takes), so that captions survive phase 2 (``benchmarks/phase2_levers.py``).
+The LLM (with its LoRA), the U-Net and the VAE stay frozen; the Q-Former and both adapters train
+(``itg_adapter=False``: the caption adapter stays frozen too).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Phase2Stage(EpochStage, nn.Module):
         q2i_rows: int = 16,
         itg_weight: float = 1.0,
         q2i_weight: float = 1.0,
+        itg_adapter: bool = True,
+        itg_image_rows: int = 0,
     ):
         nn.Module.__init__(self)
         self.qformer = model.qformer
@@ -57,7 +63,7 @@ class Phase2Stage(EpochStage, nn.Module):
         self.captioner = captioner
         self.image_head = image_head
         if captioner is not None:
-            captioner.set_trainable(adapter=True, lora=False)
+            captioner.set_trainable(adapter=itg_adapter, lora=False)
         if image_head is not None:
             image_head.unet.requires_grad_(False)
             image_head.vae.requires_grad_(False)
@@ -68,6 +74,7 @@ class Phase2Stage(EpochStage, nn.Module):
         self.latent_of = {table.index[key]: r for key, r in (latent_rows or {}).items() if key in table.index}
         self.itg_rows, self.q2i_rows = itg_rows, q2i_rows
         self.itg_weight, self.q2i_weight = itg_weight, q2i_weight
+        self.itg_image_rows = itg_image_rows if captioner is not None else 0
 
     def train(self, mode: bool = True):
         """The frozen LLM, U-Net and VAE stay in eval mode (no dropout in what does not train)."""
@@ -114,10 +121,20 @@ class Phase2Stage(EpochStage, nn.Module):
             sub = slice(*k)
             with autocast(self.cfg.bf16, device_of(qf)):
                 z_r, _ = qf.joint(ref[sub], text[sub], BIDIRECTIONAL)
-                total_itg, tokens = self.captioner.itg_token_loss(z_r, ["description"] * z_r.shape[0], captions[sub])
+                styles = [items.caption_style(i, c) for i, c in zip(rows[sub], captions[sub], strict=True)]
+                total_itg, tokens = self.captioner.itg_token_loss(z_r, styles, captions[sub])
             itg = shard_token_mean(total_itg, tokens, shard)
             total = total + self.itg_weight * itg
             out["itg"] = itg.detach()
+        if self.itg_image_rows > 0:
+            sub = slice(*shard.bounds(min(self.itg_image_rows, len(rows)) // shard.world * shard.world))
+            with autocast(self.cfg.bf16, device_of(qf)):
+                z_i = qf.image_queries(tgt[sub])
+                styles = [items.caption_style(i, c) for i, c in zip(rows[sub], captions[sub], strict=True)]
+                total_img, tokens = self.captioner.itg_token_loss(z_i, styles, captions[sub])
+            itg_image = shard_token_mean(total_img, tokens, shard)
+            total = total + self.itg_weight * itg_image
+            out["itg_image"] = itg_image.detach()
         if self.image_head is not None and self.latents is not None:
             n = min(self.q2i_rows, len(rows)) // shard.world * shard.world
             latents = self.latents[[self.latent_of[v] for v in tgt_views[:n]]].to(device_of(qf))

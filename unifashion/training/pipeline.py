@@ -115,6 +115,12 @@ class Phase2Config:
     # row than the Q-Former.
     itg_rows: int = 8
     q2i_rows: int = 16
+    # The caption adapter f_theta trains in phase 2 (the paper); false: it stays as phase 1b left it
+    # and ITG's gradient reaches the Q-Former only.
+    itg_adapter: bool = True
+    # Rows per batch whose target image alone (Z_I, the path of plain captioning) also gets ITG of its
+    # caption (Eq. 6 again), so that phase 2 keeps the image -> caption path it was trained on.
+    itg_image_rows: int = 4
 
 
 @dataclass(frozen=True)
@@ -518,7 +524,8 @@ def _phase2_stage(p: Pipeline, model, data, table, cache, resume: bool) -> dict[
     captioner = image_head = None
     if cfg.with_heads and (p.model_dir / CAPTION_FOLDER).is_dir():
         captioner = Captioner.from_pretrained(p.model_dir / CAPTION_FOLDER)
-        heads.update(captioner=captioner, itg_rows=cfg.itg_rows, itg_weight=cfg.itg_weight)
+        itg = ("itg_rows", "itg_weight", "itg_adapter", "itg_image_rows")
+        heads.update(captioner=captioner, **{name: getattr(cfg, name) for name in itg})
     if cfg.with_heads and (p.model_dir / HEAD_FOLDERS["text2image"]).is_dir():
         image_head = load_image_head(p.model_dir, "text2image").to(p.acc.device)
         # The text2image stage's latent table, when the VAE and the images are the same: nothing to encode.

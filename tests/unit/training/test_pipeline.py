@@ -259,6 +259,73 @@ def test_tryon_and_design_heads_can_start_from_the_text2image_head(full_run, tmp
             assert "started_from" not in summary["phase1b_tryon"]
 
 
+def test_phase2_itg_answers_each_text_in_its_own_style_and_can_keep_the_adapter(full_run, data):
+    """Phase 2's ITG targets are the target's captions and its title: a title is answered to the
+    title instruction (not the description one); itg_image_rows adds ITG from the target image
+    alone; itg_adapter = false keeps the caption adapter as it was while the Q-Former still learns."""
+    from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+    from unifashion.config import RetrievalTrainingConfig
+    from unifashion.data.formats import read_split
+    from unifashion.models.captioner import Captioner
+    from unifashion.training.data import triplet_items
+    from unifashion.training.phase2 import Phase2Stage
+    from unifashion.utils.distributed import Shard
+
+    model_dir, _, _ = full_run
+    split = read_split(data, "train")
+    model = RetrievalModel.from_pretrained(model_dir)
+    table = FeatureTable.build(
+        [r for q in split.products for r in q.images], FeatureCache(model.vision), progress=False
+    )
+    items = triplet_items(split, table)
+    titles = {q.title for q in split.products}
+    assert all(t in titles for t in items.target_titles)
+    row = next(i for i, texts in enumerate(items.target_texts) if items.target_titles[i] in texts)
+    assert items.caption_style(row, items.target_titles[row]) == "title"
+    assert {items.caption_style(row, t) for t in items.target_texts[row] if t != items.target_titles[row]} == {
+        "description"
+    }
+    assert not any(triplet_items(split, table, {t.target: ["a text"] for t in split.triplets}).target_titles)
+
+    cfg = RetrievalTrainingConfig(bf16=False)
+    for adapter, image_rows in ((True, 0), (False, 4)):
+        captioner = Captioner.from_pretrained(model_dir / "captioner")
+        calls: list[tuple[list[str], list[str]]] = []
+        real = captioner.itg_token_loss
+
+        def recording(z, styles, answers, real=real, calls=calls):
+            calls.append((list(styles), list(answers)))
+            return real(z, styles, answers)
+
+        captioner.itg_token_loss = recording
+        stage = Phase2Stage(
+            model,
+            items,
+            table,
+            cfg,
+            8,
+            10,
+            captioner=captioner,
+            itg_rows=8,
+            itg_adapter=adapter,
+            itg_image_rows=image_rows,
+        )
+        assert all(p.requires_grad is adapter for p in captioner.text_adapter.parameters())
+        rows = list(range(len(items)))[:8]
+        generator = torch.Generator().manual_seed(0)
+        out = stage(rows, generator, Shard())
+        assert [len(a) for _, a in calls] == [8, 4][: 1 + bool(image_rows)] and ("itg_image" in out) is bool(image_rows)
+        for styles, answers in calls:
+            assert styles == [items.caption_style(i, a) for i, a in zip(rows[: len(answers)], answers, strict=True)]
+        asked = [(s, a) for styles, answers in calls for s, a in zip(styles, answers, strict=True)]
+        assert all((s == "title") is (a in titles) for s, a in asked)
+        assert {s for s, _ in asked} == {"title", "description"}  # both kinds drawn (seeded)
+        model.qformer.zero_grad()
+        out["loss"].backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.qformer.parameters())
+        assert all(p.grad is None for p in captioner.text_adapter.parameters()) is not adapter
+
+
 # ---------------------------------------------------------------------------
 # resume
 
@@ -690,6 +757,7 @@ def test_the_papers_recipe_loads_and_says_what_the_paper_says():
         assert (section.batch_size, section.warmup_ratio, section.weight_decay) == (32, 0.03, 0.0)
     assert (cfg.captioning.lora_rank, cfg.captioning.lora_alpha) == (128, 256)
     assert len(cfg.model_config().llm.lora_targets) == 7  # every linear layer, as LLaVA's LoRA
+    assert cfg.phase2.itg_adapter and cfg.phase2.itg_image_rows == 0  # Eq. 13 as written
     g = cfg.generation
     assert (g.lr, g.lr_schedule, g.batch_size, g.steps, g.adam_betas) == (1e-4, "constant", 32, 360000, (0.9, 0.99))
     assert g.ema_decay == g.noise_offset == g.noisy_share == g.min_snr_gamma == 0.0

@@ -1,0 +1,141 @@
+"""Phase-2 levers side by side: phase 2 trained again from the same model under each variant, then
+its captions and its composed retrieval measured.
+
+    python benchmarks/phase2_levers.py --before MODEL --data DIR --max-items 400 \\
+        --variant "paper:" --variant "adapter frozen:phase2.itg_adapter=false" --swap
+
+MODEL is a pipeline checkpoint with a caption head that has not been through phase 2 (a run of
+``unifashion train --config ...`` with ``run.stages = ["phase1a", "phase1b_caption"]``); each
+variant runs the pipeline's own ``phase2`` stage from it (``run.init_from``) with MODEL's training
+config and the variant's changes (``NAME:SECTION.KEY=VALUE,...``, values in TOML syntax; a variant
+that changes ``captioning.*`` trains a fresh caption head first, then phase 2). Measured
+on ``--split``, for MODEL itself and after each variant:
+
+- description captions of the first ``--max-items`` products, greedy: CIDEr and attributes correct,
+  beside the nearest-neighbour caption of the same model (``evaluation/captioning.py``);
+- composed retrieval (Fashion-IQ protocol, no caption variants): the average recall and its margin
+  over the best baseline (``evaluation/retrieval.py``).
+
+``--swap`` adds, after each variant, the row of its Q-Former with MODEL's caption adapter (what phase
+2 did to the image queries alone, without what it did to the adapter). Prints one JSON line per row,
+then the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+from unifashion.checkpoint import CONFIG_FILE
+from unifashion.config import from_dict
+from unifashion.data.formats import read_split
+from unifashion.evaluation.captioning import evaluate_captioning_split
+from unifashion.evaluation.retrieval import evaluate_cir
+from unifashion.pipelines.captioning import load_captioning_model
+from unifashion.pipelines.retrieval import encode_images
+from unifashion.training.pipeline import PipelineConfig, apply_overrides, train_pipeline
+
+
+def variant(text: str) -> tuple[str, list[str]]:
+    name, _, sets = text.partition(":")
+    return name.strip(), [s.strip() for s in sets.split(",") if s.strip()]
+
+
+def measure(model, captioner, val, train, cache, max_items: int | None) -> dict:
+    model.eval()
+    captions = evaluate_captioning_split(
+        model, captioner, val, cache, styles=("description",), train=train, max_items=max_items, progress=False
+    )["styles"]["description"]
+    table = FeatureTable.build([r for p in val.products for r in p.images], cache, progress=False)
+    cir, _ = evaluate_cir(model, val, encode_images(model, table, progress=False))
+    mine, nn = captions["model"], captions["nearest_neighbour"]
+    return {
+        "captions": captions["items"],
+        "cider": round(mine["CIDEr"], 1),
+        "cider_nn": round(nn["CIDEr"], 1),
+        "attributes": round(mine["attributes"]["correct"], 1),
+        "attributes_nn": round(nn["attributes"]["correct"], 1),
+        "composed_avg": round(cir["composed"]["average"]["avg"], 2),
+        "composed_margin": round(cir["margin_over_best_baseline"], 2),
+        "samples": [c["caption"] for c in captions["samples"][:3]],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", required=True, help="a pipeline checkpoint with a caption head, before phase 2")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--variant", action="append", required=True, help="NAME:SECTION.KEY=VALUE,... (repeatable)")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--max-items", type=int, default=None, help="products captioned (default: all of --split)")
+    ap.add_argument("--swap", action="store_true", help="also each variant's Q-Former with MODEL's adapter")
+    ap.add_argument("--work", default=None, help="folder for the trained variants (default: a temporary one)")
+    ap.add_argument("--json", default=None, help="write the table here too")
+    args = ap.parse_args()
+
+    before = Path(args.before)
+    meta = json.loads((before / CONFIG_FILE).read_text(encoding="utf-8"))
+    base = meta.get("training", {}).get("pipeline", {}).get("config")
+    if base is None:
+        raise SystemExit(f"{before}: not a pipeline checkpoint (no training.pipeline.config in {CONFIG_FILE})")
+    val, train = read_split(args.data, args.split), read_split(args.data, "train")
+    model, captioner = load_captioning_model(before)
+    cache = FeatureCache(model.vision)  # the frozen vision tower is the same in every variant
+    rows = [{"variant": "before phase 2", **measure(model, captioner, val, train, cache, args.max_items)}]
+    print(json.dumps(rows[-1]), flush=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="phase2-levers-"))
+    for i, (name, sets) in enumerate(variant(v) for v in args.variant):
+        raw = copy.deepcopy(base)
+        # A variant that changes the caption stage trains a fresh caption head first (on MODEL's Q-Former).
+        stages = ["phase1b_caption", "phase2"] if any(k.startswith("captioning.") for k in sets) else ["phase2"]
+        raw["run"] = {**raw["run"], "data": str(args.data), "init_from": str(before), "stages": stages}
+        raw["run"]["progress"] = False
+        cfg = from_dict(PipelineConfig, apply_overrides(raw, sets, name), where=name)
+        out = work / f"variant{i}"
+        t0 = time.perf_counter()
+        train_pipeline(cfg, out)
+        minutes = round((time.perf_counter() - t0) / 60, 1)
+        tuned, tuned_captioner = load_captioning_model(out)
+        rows.append(
+            {
+                "variant": name,
+                "train_minutes": minutes,
+                **measure(tuned, tuned_captioner, val, train, cache, args.max_items),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        before_adapter = captioner.text_adapter.state_dict()
+        moved = any(not torch.equal(v, before_adapter[k]) for k, v in tuned_captioner.text_adapter.state_dict().items())
+        # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
+        if args.swap and moved and stages == ["phase2"]:
+            tuned_captioner.text_adapter.load_state_dict(captioner.text_adapter.state_dict())
+            rows.append(
+                {
+                    "variant": f"{name}: its Q-Former, the adapter before phase 2",
+                    **measure(tuned, tuned_captioner, val, train, cache, args.max_items),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    print()
+    print(
+        "| variant | training min | CIDEr / NN | attributes correct / NN | composed avg | margin over best baseline |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['variant']} | {r.get('train_minutes', '-')} | {r['cider']} / {r['cider_nn']} | "
+            f"{r['attributes']} / {r['attributes_nn']} | {r['composed_avg']} | {r['composed_margin']} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
