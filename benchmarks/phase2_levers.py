@@ -48,13 +48,10 @@ def variant(text: str) -> tuple[str, list[str]]:
     return name.strip(), [s.strip() for s in sets.split(",") if s.strip()]
 
 
-def measure(model, captioner, val, train, cache, max_items: int | None) -> dict:
-    model.eval()
+def caption_figures(model, captioner, val, train, cache, max_items: int | None) -> dict:
     captions = evaluate_captioning_split(
-        model, captioner, val, cache, styles=("description",), train=train, max_items=max_items, progress=False
+        model.eval(), captioner, val, cache, styles=("description",), train=train, max_items=max_items, progress=False
     )["styles"]["description"]
-    table = FeatureTable.build([r for p in val.products for r in p.images], cache, progress=False)
-    cir, _ = evaluate_cir(model, val, encode_images(model, table, progress=False))
     mine, nn = captions["model"], captions["nearest_neighbour"]
     return {
         "captions": captions["items"],
@@ -62,9 +59,17 @@ def measure(model, captioner, val, train, cache, max_items: int | None) -> dict:
         "cider_nn": round(nn["CIDEr"], 1),
         "attributes": round(mine["attributes"]["correct"], 1),
         "attributes_nn": round(nn["attributes"]["correct"], 1),
+        "samples": [c["caption"] for c in captions["samples"][:3]],
+    }
+
+
+def composed_figures(model, val, cache) -> dict:
+    """Composed retrieval depends on the Q-Former alone (not on the caption head)."""
+    table = FeatureTable.build([r for p in val.products for r in p.images], cache, progress=False)
+    cir, _ = evaluate_cir(model.eval(), val, encode_images(model, table, progress=False))
+    return {
         "composed_avg": round(cir["composed"]["average"]["avg"], 2),
         "composed_margin": round(cir["margin_over_best_baseline"], 2),
-        "samples": [c["caption"] for c in captions["samples"][:3]],
     }
 
 
@@ -88,9 +93,16 @@ def main() -> None:
     val, train = read_split(args.data, args.split), read_split(args.data, "train")
     model, captioner = load_captioning_model(before)
     cache = FeatureCache(model.vision)  # the frozen vision tower is the same in every variant
-    rows = [{"variant": "before phase 2", **measure(model, captioner, val, train, cache, args.max_items)}]
+    rows = [
+        {
+            "variant": "before phase 2",
+            **caption_figures(model, captioner, val, train, cache, args.max_items),
+            **composed_figures(model, val, cache),
+        }
+    ]
     print(json.dumps(rows[-1]), flush=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="phase2-levers-"))
+    before_adapter = captioner.text_adapter.state_dict()
     for i, (name, sets) in enumerate(variant(v) for v in args.variant):
         raw = copy.deepcopy(base)
         # A variant that changes the caption stage trains a fresh caption head first (on MODEL's Q-Former).
@@ -103,23 +115,25 @@ def main() -> None:
         train_pipeline(cfg, out)
         minutes = round((time.perf_counter() - t0) / 60, 1)
         tuned, tuned_captioner = load_captioning_model(out)
+        composed = composed_figures(tuned, val, cache)
         rows.append(
             {
                 "variant": name,
                 "train_minutes": minutes,
-                **measure(tuned, tuned_captioner, val, train, cache, args.max_items),
+                **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
+                **composed,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-        before_adapter = captioner.text_adapter.state_dict()
         moved = any(not torch.equal(v, before_adapter[k]) for k, v in tuned_captioner.text_adapter.state_dict().items())
         # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
         if args.swap and moved and stages == ["phase2"]:
-            tuned_captioner.text_adapter.load_state_dict(captioner.text_adapter.state_dict())
+            tuned_captioner.text_adapter.load_state_dict(before_adapter)
             rows.append(
                 {
                     "variant": f"{name}: its Q-Former, the adapter before phase 2",
-                    **measure(tuned, tuned_captioner, val, train, cache, args.max_items),
+                    **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
+                    **composed,  # the same Q-Former as the row above
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

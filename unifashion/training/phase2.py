@@ -116,23 +116,12 @@ class Phase2Stage(EpochStage, nn.Module):
             "itc_pair": losses.itc_pair,
         }
         total = losses.total
-        if self.captioner is not None:
-            k = shard.bounds(min(self.itg_rows, len(rows)) // shard.world * shard.world)
-            sub = slice(*k)
-            with autocast(self.cfg.bf16, device_of(qf)):
-                z_r, _ = qf.joint(ref[sub], text[sub], BIDIRECTIONAL)
-                styles = [items.caption_style(i, c) for i, c in zip(rows[sub], captions[sub], strict=True)]
-                total_itg, tokens = self.captioner.itg_token_loss(z_r, styles, captions[sub])
-            itg = shard_token_mean(total_itg, tokens, shard)
+        if self.captioner is not None:  # from Z_R (Eq. 13)
+            itg = self._itg(lambda s: qf.joint(ref[s], text[s], BIDIRECTIONAL)[0], self.itg_rows, rows, captions, shard)
             total = total + self.itg_weight * itg
             out["itg"] = itg.detach()
-        if self.itg_image_rows > 0:
-            sub = slice(*shard.bounds(min(self.itg_image_rows, len(rows)) // shard.world * shard.world))
-            with autocast(self.cfg.bf16, device_of(qf)):
-                z_i = qf.image_queries(tgt[sub])
-                styles = [items.caption_style(i, c) for i, c in zip(rows[sub], captions[sub], strict=True)]
-                total_img, tokens = self.captioner.itg_token_loss(z_i, styles, captions[sub])
-            itg_image = shard_token_mean(total_img, tokens, shard)
+        if self.itg_image_rows > 0:  # from the target image alone (Eq. 6)
+            itg_image = self._itg(lambda s: qf.image_queries(tgt[s]), self.itg_image_rows, rows, captions, shard)
             total = total + self.itg_weight * itg_image
             out["itg_image"] = itg_image.detach()
         if self.image_head is not None and self.latents is not None:
@@ -145,6 +134,16 @@ class Phase2Stage(EpochStage, nn.Module):
             out["q2i"] = q2i.detach()
         out["loss"] = total
         return out
+
+    def _itg(self, queries_of, count: int, rows: list[int], captions: list[str], shard: Shard) -> torch.Tensor:
+        """ITG of the target texts of the batch's first ``count`` rows (this process's share ``s`` of
+        them, with query outputs ``queries_of(s)``), each in its own style: the batch's token mean."""
+        sub = slice(*shard.bounds(min(count, len(rows)) // shard.world * shard.world))
+        with autocast(self.cfg.bf16, device_of(self.qformer)):
+            queries = queries_of(sub)
+            styles = [self.items.caption_style(i, c) for i, c in zip(rows[sub], captions[sub], strict=True)]
+            total, tokens = self.captioner.itg_token_loss(queries, styles, captions[sub])
+        return shard_token_mean(total, tokens, shard)
 
 
 def train_phase2(
