@@ -53,10 +53,17 @@ def _read_report(path: str):
     return report
 
 
+def _command_args(args: argparse.Namespace) -> list[str]:
+    """The report command's own arguments as a user types them (the same whatever the caller's argv)."""
+    out = [args.run]
+    if args.spread_from:
+        out += ["--spread-from", args.spread_from]
+    return [*out, "--into", args.into] if args.into else [*out, "--markdown"]
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import json
     import shlex
-    import sys
 
     from unifashion.evaluation.markdown import report_markdown
     from unifashion.evaluation.targets import evaluate_targets, format_targets
@@ -66,8 +73,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     targets = evaluate_targets(report, other)
     if args.json:
         print(json.dumps(targets, indent=1))
-    elif args.markdown:
-        print(report_markdown(report, targets, "unifashion " + shlex.join(sys.argv[1:])))
+    elif args.markdown or args.into:
+        text = report_markdown(report, targets, "unifashion " + shlex.join(["report", *_command_args(args)]))
+        if args.into:
+            from pathlib import Path
+
+            from unifashion.evaluation.markdown import replace_report_block
+            from unifashion.utils.errors import ConfigError
+            from unifashion.utils.io import atomic_write_text
+
+            file = Path(args.into)
+            try:
+                old = file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"--into {file}: cannot read it ({exc})") from None
+            atomic_write_text(file, replace_report_block(old, text, str(file)))
+            print(f"wrote the report's tables into {file}")
+        else:
+            print(text)
     else:
         print(format_targets(targets))
     return 0
@@ -105,4 +128,10 @@ def register(sub) -> None:
     )
     p.add_argument("--markdown", action="store_true", help="every README table of the run, as Markdown")
     p.add_argument("--json", action="store_true", help="the targets as JSON")
+    p.add_argument(
+        "--into",
+        metavar="FILE",
+        help="write the --markdown tables into FILE (e.g. README.md) between its lines "
+        "'<!-- report: begin ... -->' and '<!-- report: end -->', replacing what was there",
+    )
     p.set_defaults(func=cmd_report)

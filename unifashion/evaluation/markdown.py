@@ -11,6 +11,7 @@ from typing import Any
 
 from unifashion.evaluation.report import _get
 from unifashion.evaluation.targets import format_targets
+from unifashion.utils.errors import ConfigError
 
 CAPTION_KEYS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -136,3 +137,23 @@ def report_markdown(report: Mapping[str, Any], targets: Mapping[str, Any], comma
     ]
     head = f"Printed by `{command}` from `{report.get('title', 'a quickstart run')}`."
     return head + "\n\n" + "\n\n".join(f"#### {title}\n\n{body}" for title, body in sections) + "\n"
+
+
+BLOCK_BEGIN = "<!-- report: begin"
+BLOCK_END = "<!-- report: end -->"
+
+
+def replace_report_block(text: str, block: str, name: str) -> str:
+    """``text`` (a Markdown file called ``name``) with the lines between its one pair of report
+    markers replaced by ``block``; the marker lines themselves stay. A file without exactly one
+    ``<!-- report: begin ... -->`` line followed by one ``<!-- report: end -->`` line is refused."""
+    lines = text.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.lstrip().startswith(BLOCK_BEGIN)]
+    ends = [i for i, line in enumerate(lines) if line.strip() == BLOCK_END]
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise ConfigError(
+            f"{name}: expected one line starting with {BLOCK_BEGIN!r} and, after it, one line {BLOCK_END!r} "
+            f"around the report's place; found {len(begins)} begin and {len(ends)} end markers"
+        )
+    body = block if block.endswith("\n") else block + "\n"
+    return "".join(lines[: begins[0] + 1]) + "\n" + body + "\n" + "".join(lines[ends[0] :])

@@ -123,3 +123,29 @@ def test_the_report_command_reads_a_run_and_names_a_bad_file(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert cli.main(["report", str(tmp_path / "bad.json")]) == 1
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_the_report_command_writes_its_tables_between_the_readme_markers(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(_report()))
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nbefore\n<!-- report: begin (generated) -->\nold table\n<!-- report: end -->\nafter\n")
+    assert cli.main(["report", str(run), "--into", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n<!-- report: begin (generated) -->\n")
+    assert text.endswith("<!-- report: end -->\nafter\n")
+    assert "old table" not in text
+    assert f"`unifashion report {run} --into {readme}`" in text
+    assert "| random-100 | 88.0 | - | - | 86.0 | - | - |" in text
+    # Written again from the same report, the file does not change (the block is replaced, not added).
+    assert cli.main(["report", str(run), "--into", str(readme)]) == 0
+    assert readme.read_text() == text
+    capsys.readouterr()
+    # No markers, or two begin markers: refused with the file named, and the file left as it was.
+    for bad in ("# no markers\n", "<!-- report: begin -->\n<!-- report: begin -->\n<!-- report: end -->\n"):
+        readme.write_text(bad)
+        assert cli.main(["report", str(run), "--into", str(readme)]) == 1
+        err = capsys.readouterr().err
+        assert str(readme) in err and "<!-- report: end -->" in err
+        assert readme.read_text() == bad
