@@ -234,7 +234,7 @@ def register(sub) -> None:
     p.add_argument("--baseline-split", default="train", help="where the nearest-neighbour baseline looks ('' = off)")
     add_decoding_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of --decoding sample")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32, help="captions decoded together")
     p.add_argument("--max-items", type=int, default=None, help="score only the first N products of each split")
     p.add_argument("--no-bf16", action="store_true")
     p.set_defaults(func=cmd_eval_captioning)

@@ -35,7 +35,7 @@ from unifashion.data.records import DatasetSplit
 from unifashion.evaluation.attributes import attribute_scores
 from unifashion.models.captioner import Captioner, Decoding
 from unifashion.models.retrieval import RetrievalModel
-from unifashion.pipelines.captioning import generate_captions, load_captioning_model
+from unifashion.pipelines.captioning import CAPTION_BATCH, generate_captions, load_captioning_model
 from unifashion.pipelines.retrieval import image_queries
 
 SPICE_SKIPPED = "not computed: SPICE needs the Stanford CoreNLP models, a download this offline set-up does not make"
@@ -164,7 +164,7 @@ def evaluate_captioning_split(
     styles: tuple[str, ...] = ("description", "title"),
     train: DatasetSplit | None = None,
     decoding: Decoding | None = None,
-    batch_size: int = 16,
+    batch_size: int = CAPTION_BATCH,
     max_items: int | None = None,
     bf16: bool = True,
     progress: bool = True,

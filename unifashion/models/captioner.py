@@ -18,9 +18,11 @@ greedy, beam search or sampling, and is deterministic for a seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -278,6 +280,24 @@ class Captioner(nn.Module):
         else:
             rows = self.decode_loop(embeds, decoding)
         return [row[: row.index(self.end_id)] if self.end_id in row else row for row in rows]
+
+    @contextlib.contextmanager
+    def lora_merged(self) -> Iterator[None]:
+        """Inside the block the LoRA update ``B A`` is folded into the LM's weights, so each adapted
+        layer is one matrix product per token instead of three (generation only: no gradient reaches
+        LoRA while merged). Unfolded on leaving, even after an error; the weights come back up to
+        float rounding (the base LM is frozen, and only the LoRA weights are ever saved)."""
+        base_model = getattr(self.llm, "base_model", None)
+        if self.config.lora_rank == 0 or not hasattr(base_model, "merge_adapter"):
+            yield
+            return
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.llm.parameters()):
+            raise UniFashionError("Captioner.lora_merged: generation only (run it under torch.no_grad())")
+        base_model.merge_adapter()
+        try:
+            yield
+        finally:
+            base_model.unmerge_adapter()
 
     def _cache_argument(self) -> str:
         """The KV cache's keyword in the LM's forward: ``cache`` in recent transformers, else ``past_key_values``."""

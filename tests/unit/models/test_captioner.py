@@ -8,7 +8,7 @@ import torch
 
 from unifashion.config import tiny
 from unifashion.models.captioner import Captioner, Decoding
-from unifashion.utils.errors import ConfigError
+from unifashion.utils.errors import ConfigError, UniFashionError
 
 QUERY_DIM = 64  # tiny Q-Former width
 
@@ -282,3 +282,40 @@ def test_a_llava_lora_converts_and_starts_the_caption_heads_lora(tmp_path):
     torch.save({k: v for k, v in lora.items() if ".layers.0." not in k}, folder / "adapter_model.bin")
     with pytest.raises(ConvertError, match=r"some layers are missing"):
         convert_llava_lora(folder, tmp_path / "x")
+
+
+def test_lora_folded_into_the_weights_decodes_the_same_and_unfolds_after():
+    """Captioner.lora_merged: with a non-zero LoRA update, the folded LM gives the logits of the
+    unfolded one (and not those of the LM without LoRA), the same greedy captions, and the weights
+    come back after the block, also after an error; with gradients on it refuses."""
+    torch.manual_seed(6)
+    c = Captioner.build(tiny().llm, QUERY_DIM).eval()
+    with torch.no_grad():
+        for name, p in c.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)  # fresh LoRA B is zero: the update would be nothing to fold
+    before = {k: v.clone() for k, v in c.llm.state_dict().items()}
+    z = torch.randn(3, 8, QUERY_DIM, generator=torch.Generator().manual_seed(7))
+
+    def logits() -> torch.Tensor:
+        embeds = c.prompt_embeddings(c.text_adapter(z), "description")
+        return c.llm(inputs_embeds=embeds).logits
+
+    with torch.no_grad():
+        apart, captions = logits(), c.generate(z, "description", Decoding("greedy", 8))
+        with c.llm.disable_adapter():
+            without = logits()
+        with c.lora_merged():
+            folded, folded_captions = logits(), c.generate(z, "description", Decoding("greedy", 8))
+            layer = next(m for m in c.llm.modules() if getattr(m, "merged", False))
+        assert not getattr(layer, "merged", True)
+        with pytest.raises(RuntimeError, match="inside"), c.lora_merged():
+            raise RuntimeError("inside")
+    assert (apart - without).abs().max() > 1e-2
+    assert torch.allclose(folded, apart, atol=1e-4)
+    assert folded_captions == captions
+    after = c.llm.state_dict()
+    assert all(torch.allclose(after[k], v, atol=1e-5) for k, v in before.items())
+    assert not any(getattr(m, "merged", False) for m in c.llm.modules())
+    with pytest.raises(UniFashionError, match="no_grad"), c.lora_merged():
+        pass
