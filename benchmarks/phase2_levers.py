@@ -1,5 +1,5 @@
 """Phase-2 levers side by side: phase 2 trained again from the same model under each variant, then
-its captions and its composed retrieval measured.
+its captions, its composed retrieval and its cross-modal retrieval measured.
 
     python benchmarks/phase2_levers.py --before MODEL --data DIR --max-items 400 \\
         --variant "paper:" --variant "adapter frozen:phase2.itg_adapter=false" --swap
@@ -14,7 +14,9 @@ on ``--split``, for MODEL itself and after each variant:
 - description captions of the first ``--max-items`` products, greedy: CIDEr and attributes correct,
   beside the nearest-neighbour caption of the same model (``evaluation/captioning.py``);
 - composed retrieval (Fashion-IQ protocol, no caption variants): the average recall and its margin
-  over the best baseline (``evaluation/retrieval.py``).
+  over the best baseline (``evaluation/retrieval.py``);
+- cross-modal random-100 R@1, image -> text and text -> image (ITC, at most 1,000 queries, seed 0:
+  the quickstart's target figure).
 
 ``--swap`` adds, after each variant, the row of its Q-Former with MODEL's caption adapter (what phase
 2 did to the image queries alone, without what it did to the adapter). Prints one JSON line per row,
@@ -37,7 +39,7 @@ from unifashion.checkpoint import CONFIG_FILE
 from unifashion.config import from_dict
 from unifashion.data.formats import read_split
 from unifashion.evaluation.captioning import evaluate_captioning_split
-from unifashion.evaluation.retrieval import evaluate_cir
+from unifashion.evaluation.retrieval import evaluate_cir, evaluate_cmr
 from unifashion.pipelines.captioning import load_captioning_model
 from unifashion.pipelines.retrieval import encode_images
 from unifashion.training.pipeline import PipelineConfig, apply_overrides, train_pipeline
@@ -63,13 +65,20 @@ def caption_figures(model, captioner, val, train, cache, max_items: int | None) 
     }
 
 
-def composed_figures(model, val, cache) -> dict:
-    """Composed retrieval depends on the Q-Former alone (not on the caption head)."""
+def qformer_figures(model, val, cache) -> dict:
+    """Composed and cross-modal retrieval depend on the Q-Former alone (not on the caption head).
+    Cross-modal: random-100 over at most 1,000 queries with the ITC score (the quickstart's target
+    figure), seed 0."""
     table = FeatureTable.build([r for p in val.products for r in p.images], cache, progress=False)
-    cir, _ = evaluate_cir(model.eval(), val, encode_images(model, table, progress=False))
+    images = encode_images(model.eval(), table, progress=False)
+    cir, _ = evaluate_cir(model, val, images)
+    cmr, _ = evaluate_cmr(model, val, images, rerank_k=0)
+    itc = cmr["random100"].get("itc")  # absent (with "skipped") on a split of under 100 products
     return {
         "composed_avg": round(cir["composed"]["average"]["avg"], 2),
         "composed_margin": round(cir["margin_over_best_baseline"], 2),
+        "r1_i2t": round(itc["i2t"]["R@1"], 1) if itc else None,
+        "r1_t2i": round(itc["t2i"]["R@1"], 1) if itc else None,
     }
 
 
@@ -97,7 +106,7 @@ def main() -> None:
         {
             "variant": "before phase 2",
             **caption_figures(model, captioner, val, train, cache, args.max_items),
-            **composed_figures(model, val, cache),
+            **qformer_figures(model, val, cache),
         }
     ]
     print(json.dumps(rows[-1]), flush=True)
@@ -115,7 +124,7 @@ def main() -> None:
         train_pipeline(cfg, out)
         minutes = round((time.perf_counter() - t0) / 60, 1)
         tuned, tuned_captioner = load_captioning_model(out)
-        composed = composed_figures(tuned, val, cache)
+        composed = qformer_figures(tuned, val, cache)
         rows.append(
             {
                 "variant": name,
@@ -139,13 +148,15 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     print()
     print(
-        "| variant | training min | CIDEr / NN | attributes correct / NN | composed avg | margin over best baseline |"
+        "| variant | training min | CIDEr / NN | attributes correct / NN | composed avg | margin over best baseline "
+        "| random-100 R@1 i2t / t2i |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['variant']} | {r.get('train_minutes', '-')} | {r['cider']} / {r['cider_nn']} | "
-            f"{r['attributes']} / {r['attributes_nn']} | {r['composed_avg']} | {r['composed_margin']} |"
+            f"{r['attributes']} / {r['attributes_nn']} | {r['composed_avg']} | {r['composed_margin']} | "
+            f"{r['r1_i2t']} / {r['r1_t2i']} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
