@@ -124,13 +124,13 @@ def main() -> None:
         train_pipeline(cfg, out)
         minutes = round((time.perf_counter() - t0) / 60, 1)
         tuned, tuned_captioner = load_captioning_model(out)
-        composed = qformer_figures(tuned, val, cache)
+        qformer = qformer_figures(tuned, val, cache)
         rows.append(
             {
                 "variant": name,
                 "train_minutes": minutes,
                 **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
-                **composed,
+                **qformer,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -142,7 +142,7 @@ def main() -> None:
                 {
                     "variant": f"{name}: its Q-Former, the adapter before phase 2",
                     **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
-                    **composed,  # the same Q-Former as the row above
+                    **qformer,  # the same Q-Former as the row above
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

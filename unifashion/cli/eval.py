@@ -234,6 +234,7 @@ def register(sub) -> None:
     p.add_argument("--baseline-split", default="train", help="where the nearest-neighbour baseline looks ('' = off)")
     add_decoding_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of --decoding sample")
+    # CAPTION_BATCH of pipelines/captioning.py, not imported here: the CLI loads torch only when a command runs.
     p.add_argument("--batch-size", type=int, default=32, help="captions decoded together")
     p.add_argument("--max-items", type=int, default=None, help="score only the first N products of each split")
     p.add_argument("--no-bf16", action="store_true")
