@@ -49,6 +49,7 @@ def test_report_json_holds_every_figure_of_the_contract(quickstart):
     timing = _get(report, "timing")
     assert timing["total_seconds"] >= sum(timing["stages"].values()) * 0.99
     assert {"data", "training", "eval retrieval", "eval captioning", "eval generation"} <= set(timing["stages"])
+    assert (report["settings"]["seed"], report["settings"]["train_seed"]) == (0, 0)
 
 
 def test_report_judges_the_targets_and_captions_the_novel_split(quickstart):
@@ -100,6 +101,30 @@ def test_report_html_shows_tables_samples_and_curves(quickstart):
     for q in report["samples"]["text_search"]:
         assert len(q["results"]) == 5
         assert all(r["match"] == (r["id"] == q["target_id"]) for r in q["results"])
+
+
+def test_a_train_seed_seeds_training_and_keeps_the_data(quickstart, tmp_path, monkeypatch):
+    import shutil
+
+    import unifashion.training.pipeline as pipeline
+    from unifashion.recipes.quickstart import run_quickstart
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def train(cfg, out, **kwargs):
+        seen["seed"], seen["data"] = cfg.run.seed, cfg.run.data
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "train_pipeline", train)
+    shutil.copytree(quickstart / "data", tmp_path / "data")  # the same data: kept, not written again
+    before = (tmp_path / "data" / "quickstart.json").stat().st_mtime_ns
+    with pytest.raises(Stop):
+        run_quickstart(tmp_path, "tiny", seed=0, train_seed=3, progress=False)
+    assert seen == {"seed": 3, "data": str(tmp_path / "data")}
+    assert (tmp_path / "data" / "quickstart.json").stat().st_mtime_ns == before
 
 
 def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):

@@ -12,7 +12,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     from unifashion.recipes.quickstart import run_quickstart
 
-    report = run_quickstart(args.out, args.size, seed=args.seed, resume=args.resume, progress=not args.quiet)
+    report = run_quickstart(
+        args.out, args.size, seed=args.seed, train_seed=args.train_seed, resume=args.resume, progress=not args.quiet
+    )
     out = Path(args.out).resolve()
     minutes = report["timing"]["total_seconds"] / 60
     print(
@@ -70,6 +72,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report = _read_report(args.run)
     other = _read_report(args.spread_from) if args.spread_from else None
+    if other is not None:
+        from unifashion.evaluation.targets import second_run_mismatch
+        from unifashion.utils.errors import ConfigError
+
+        mismatch = second_run_mismatch(report, other)
+        if mismatch:
+            raise ConfigError(
+                f"--spread-from {args.spread_from}: measured other work than {args.run}, so the difference "
+                f"is no spread: {mismatch}"
+            )
     targets = evaluate_targets(report, other)
     if args.json:
         print(json.dumps(targets, indent=1))
@@ -106,7 +118,14 @@ def register(sub) -> None:
         help="small: ~15 min on 2 CPU cores; full: the size of the quality targets (~2 h); "
         "tiny: a one-minute smoke test with random tiny networks",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data (and of training, unless --train-seed)")
+    p.add_argument(
+        "--train-seed",
+        type=int,
+        metavar="N",
+        help="seed of every training stage (default: --seed); a second run with another --train-seed on the "
+        "same data gives the spread of each figure (unifashion report RUN --spread-from SECOND_RUN)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)

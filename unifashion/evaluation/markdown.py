@@ -108,6 +108,12 @@ def cir_markdown(cir: Any) -> str:
             rows.append([f"caption library: {name}", v.get("R@10"), v.get("R@50"), v.get("avg")])
     for name, v in (cir.get("baselines") or {}).items():
         rows.append([f"baseline: {name.replace('_', ' ')}", _get(v, "R@10"), _get(v, "R@50"), _get(v, "avg")])
+    early = cir.get("after_phase1a")
+    if isinstance(early, Mapping):
+        rows.append(["after phase 1a: composed query", *(_get(early, "composed", k) for k in ("R@10", "R@50", "avg"))])
+        for name, v in (early.get("baselines") or {}).items():
+            label = f"after phase 1a: baseline: {name.replace('_', ' ')}"
+            rows.append([label, _get(v, "R@10"), _get(v, "R@50"), _get(v, "avg")])
     out = table(["", "R@10", "R@50", "average"], rows)
     saturated, gallery = cir.get("saturated"), cir.get("gallery") or {}
     if isinstance(saturated, Mapping) and saturated:

@@ -46,6 +46,10 @@ CIR_ROWS = (  # label, path of its R@10/R@50/avg in the ``cir`` section
     ("image only (baseline)", ("baselines", "image_only")),
     ("text only (baseline)", ("baselines", "text_only")),
     ("late fusion (baseline)", ("baselines", "late_fusion")),
+    ("after phase 1a: composed query", ("after_phase1a", "composed")),
+    ("after phase 1a: image only (baseline)", ("after_phase1a", "baselines", "image_only")),
+    ("after phase 1a: text only (baseline)", ("after_phase1a", "baselines", "text_only")),
+    ("after phase 1a: late fusion (baseline)", ("after_phase1a", "baselines", "late_fusion")),
 )
 
 TITLES = {
@@ -242,6 +246,9 @@ def targets_table(targets: Any) -> str:
         for r in _mappings(_get(targets, "rows"))
     ]
     body = _table(("target", "figure", "spread", "threshold", "status"), rows)
+    for r in _mappings(_get(targets, "rows")):
+        if r.get("note"):
+            body += f'\n<p class="note">{_esc(r.get("target"))}: no spread, {_esc(r["note"])}.</p>'
     if _get(targets, "not_judged"):
         body += f'\n<p class="note">Not judged: {_esc(targets["not_judged"])}.</p>'
     return _section("Quality targets", body)

@@ -43,13 +43,29 @@ def wall_minutes(r: Report) -> float | None:
     return None if seconds is None else seconds / 60
 
 
+def _cir_baselines(r: Report) -> dict[str, Any]:
+    """Every baseline of the run: with the final model and, when measured, after phase 1a."""
+    out: dict[str, Any] = {}
+    for prefix, keys in (("", ("cir", "baselines")), ("after phase 1a: ", ("cir", "after_phase1a", "baselines"))):
+        found = _get(r, *keys)
+        if isinstance(found, Mapping):
+            out.update({prefix + name: v for name, v in found.items()})
+    return out
+
+
 def cir_margin(r: Report) -> float | None:
-    """Composed retrieval's average recall minus the best baseline of the same run."""
-    baselines = _get(r, "cir", "baselines")
-    if not isinstance(baselines, Mapping) or not baselines:
+    """Composed retrieval's average recall minus the best baseline of the same run (the final
+    model's baselines and, where the run measured them, the same baselines after phase 1a)."""
+    baselines = _cir_baselines(r)
+    if not baselines:
         return None
     best = max((_number(_get(v, "avg")) or 0.0) for v in baselines.values())
     return _minus(_get(r, "cir", "average", "avg"), best)
+
+
+def cir_margin_basis(r: Report) -> tuple[str, ...]:
+    """Which baselines the margin was taken over (two runs' margins compare only on the same ones)."""
+    return tuple(sorted(_cir_baselines(r)))
 
 
 def caption_cider_margin(r: Report) -> float | None:
@@ -81,6 +97,9 @@ class Target:
     threshold: float
     at_least: bool = True  # False: the figure must stay at or below the threshold
     unit: str = ""
+    # What the figure was computed from, where a report may hold more or less of it: two runs give a
+    # spread only where it is the same.
+    basis: Callable[[Report], Any] | None = None
 
     def margin(self, value: float) -> float:
         """How far ``value`` clears the threshold (negative: it misses)."""
@@ -95,7 +114,13 @@ TARGETS: tuple[Target, ...] = (
     Target("wall time: data, every phase, every evaluation, report", wall_minutes, 90.0, False, " min"),
     Target("cross-modal random-100 R@1, image -> text", _at("cmr", "random100", "i2t", "R@1"), 85.0),
     Target("cross-modal random-100 R@1, text -> image", _at("cmr", "random100", "t2i", "R@1"), 85.0),
-    Target("composed retrieval average recall minus the best baseline", cir_margin, 10.0, unit=" points"),
+    Target(
+        "composed retrieval average recall minus the best baseline",
+        cir_margin,
+        10.0,
+        unit=" points",
+        basis=cir_margin_basis,
+    ),
     Target("description captions: CIDEr minus nearest neighbour's", caption_cider_margin, 3.0, unit=" points"),
     Target(
         "description captions: attributes correct minus nearest neighbour's",
@@ -127,6 +152,29 @@ def judged_work(report: Report) -> str | None:
     return "; ".join(short) or None
 
 
+# What a second run must share with the first for their difference to be a spread: the work measured
+# (the seeds are what may differ).
+SAME_WORK = ("products", "image_size", "split", "generation_limit", "caption_items", "retrieval_queries")
+
+
+def second_run_mismatch(report: Report, other: Report) -> str | None:
+    """Why ``other`` cannot give ``report``'s figures a spread (it measured other work), or None."""
+    mine, theirs = _get(report, "settings") or {}, _get(other, "settings") or {}
+    differ = [
+        f"{key} {theirs.get(key)!r} (first run: {mine.get(key)!r})"
+        for key in SAME_WORK
+        if mine.get(key) != theirs.get(key)
+    ]
+    if _get(report, "preset") != _get(other, "preset"):
+        differ.append(f"preset {_get(other, 'preset')!r} (first run: {_get(report, 'preset')!r})")
+    return "; ".join(differ) or None
+
+
+def _seeds(r: Report) -> dict[str, Any]:
+    settings = _get(r, "settings") or {}
+    return {k: settings[k] for k in ("seed", "train_seed") if k in settings}
+
+
 def status(target: Target, value: float | None, spread: float | None) -> str:
     if value is None:
         return "not measured"
@@ -145,16 +193,17 @@ def evaluate_targets(report: Report, other: Report | None = None) -> dict[str, A
         value = t.figure(report)
         second = t.figure(other) if other is not None else None
         spread = abs(value - second) if value is not None and second is not None else None
-        rows.append(
-            {
-                "target": t.name,
-                "figure": None if value is None else round(value, 2),
-                "threshold": ("<= " if not t.at_least else ">= ") + f"{t.threshold:g}{t.unit}",
-                "second_run": None if second is None else round(second, 2),
-                "spread": None if spread is None else round(spread, 2),
-                "status": status(t, value, spread),
-            }
-        )
+        row = {
+            "target": t.name,
+            "figure": None if value is None else round(value, 2),
+            "threshold": ("<= " if not t.at_least else ">= ") + f"{t.threshold:g}{t.unit}",
+            "second_run": None if second is None else round(second, 2),
+            "spread": None if spread is None else round(spread, 2),
+        }
+        if spread is not None and t.basis is not None and t.basis(report) != t.basis(other):
+            row["spread"] = spread = None
+            row["note"] = f"the second run computed it from other parts: {', '.join(t.basis(other))}"
+        rows.append({**row, "status": status(t, value, spread)})
     novel = _get(report, "captioning", "novel")
     out: dict[str, Any] = {
         "rows": rows,
@@ -162,6 +211,8 @@ def evaluate_targets(report: Report, other: Report | None = None) -> dict[str, A
         "of": len(rows),
         "novel_captions_reported": isinstance(novel, Mapping) and "CIDEr" in novel,
     }
+    if other is not None:
+        out["seeds"] = {"first_run": _seeds(report), "second_run": _seeds(other)}
     short = judged_work(report)
     if short:
         out["not_judged"] = f"this run measured less than the targets are judged on: {short}"
@@ -182,6 +233,19 @@ def format_targets(targets: Mapping[str, Any]) -> str:
         )
     lines.append("")
     lines.append(f"{targets['met']} of {targets['of']} met beyond the spread.")
+    seeds = targets.get("seeds")
+    if seeds:
+
+        def named(x: Mapping[str, Any]) -> str:
+            return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in x.items()) or "seeds not recorded"
+
+        lines.append(
+            f"Spread: |first run - second run|; first run {named(seeds['first_run'])}, "
+            f"second run {named(seeds['second_run'])}."
+        )
+    for r in targets["rows"]:
+        if r.get("note"):
+            lines.append(f"{r['target']}: no spread, {r['note']}.")
     if "not_judged" in targets:
         lines.append(f"Not judged: {targets['not_judged']}.")
     return "\n".join(lines)

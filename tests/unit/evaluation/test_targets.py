@@ -149,3 +149,49 @@ def test_the_report_command_writes_its_tables_between_the_readme_markers(tmp_pat
         err = capsys.readouterr().err
         assert str(readme) in err and "<!-- report: end -->" in err
         assert readme.read_text() == bad
+
+
+def test_a_second_run_of_other_work_is_refused_and_the_seeds_are_named(tmp_path, capsys):
+    run, same, other = tmp_path / "run.json", tmp_path / "seed1.json", tmp_path / "small.json"
+    first = _report()
+    first["settings"].update(seed=0, train_seed=0)
+    run.write_text(json.dumps(first))
+    second = copy.deepcopy(first)
+    second["settings"]["train_seed"] = 1
+    same.write_text(json.dumps(second))
+    assert cli.main(["report", str(run), "--spread-from", str(same), "--markdown"]) == 0
+    assert "first run seed 0, train seed 0, second run seed 0, train seed 1" in capsys.readouterr().out
+    smaller = copy.deepcopy(second)
+    smaller["settings"]["products"] = 1000
+    other.write_text(json.dumps(smaller))
+    assert cli.main(["report", str(run), "--spread-from", str(other), "--json"]) == 1
+    err = capsys.readouterr().err
+    assert str(other) in err and "products 1000 (first run: 8000)" in err
+
+
+def test_the_composed_margin_counts_the_baselines_after_phase_1a_and_compares_like_with_like():
+    first = _report()
+    rows = _rows(evaluate_targets(first))
+    assert rows["composed retrieval average recall minus the best baseline"]["figure"] == 12.0  # 97 - late fusion 85
+    early = copy.deepcopy(first)
+    early["cir"]["after_phase1a"] = {
+        "composed": {"avg": 90.0},
+        "baselines": {"image_only": {"avg": 40.0}, "text_only": {"avg": 60.0}, "late_fusion": {"avg": 89.5}},
+    }
+    margin = _rows(evaluate_targets(early))["composed retrieval average recall minus the best baseline"]
+    assert (margin["figure"], margin["status"]) == (7.5, "not met")  # 97 - 89.5: phase 1a's late fusion is best
+    # A second run without the phase-1a baselines computed its margin from fewer baselines: no spread.
+    targets = evaluate_targets(early, first)
+    margin = _rows(targets)["composed retrieval average recall minus the best baseline"]
+    assert (margin["second_run"], margin["spread"]) == (12.0, None) and "late_fusion" in margin["note"]
+    assert "no spread, the second run computed it from other parts" in format_targets(targets)
+    from unifashion.evaluation.report import targets_table
+
+    assert "no spread, the second run computed it from other parts" in targets_table(targets)
+    # With the same baselines on both sides the spread is their difference, as for every figure.
+    again = copy.deepcopy(early)
+    again["cir"]["average"]["avg"] = 99.0
+    margin = _rows(evaluate_targets(early, again))["composed retrieval average recall minus the best baseline"]
+    assert (margin["spread"], "note" in margin) == (2.0, False)
+    text = report_markdown(early, evaluate_targets(early), "unifashion report runs/full --markdown")
+    assert "| after phase 1a: baseline: late fusion | - | - | 89.5 |" in text
