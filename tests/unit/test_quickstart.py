@@ -50,6 +50,12 @@ def test_report_json_holds_every_figure_of_the_contract(quickstart):
     assert timing["total_seconds"] >= sum(timing["stages"].values()) * 0.99
     assert {"data", "training", "eval retrieval", "eval captioning", "eval generation"} <= set(timing["stages"])
     assert (report["settings"]["seed"], report["settings"]["train_seed"]) == (0, 0)
+    # The baselines with the Q-Former after phase 1a count toward the composed margin too.
+    early = _get(report, "cir.after_phase1a.baselines")
+    assert set(early) == {"image_only", "text_only", "late_fusion"}
+    best = max(v["avg"] for v in [*early.values(), *_get(report, "cir.baselines").values()])
+    margin = next(r for r in report["targets"]["rows"] if r["target"].startswith("composed retrieval"))
+    assert margin["figure"] == round(_get(report, "cir.average.avg") - best, 2)
 
 
 def test_report_judges_the_targets_and_captions_the_novel_split(quickstart):
