@@ -60,7 +60,9 @@ def _command_args(args: argparse.Namespace) -> list[str]:
     out = [args.run]
     if args.spread_from:
         out += ["--spread-from", args.spread_from]
-    return [*out, "--into", args.into] if args.into else [*out, "--markdown"]
+    if not args.into:
+        return [*out, "--markdown"]
+    return [*out, "--into", args.into, *(["--block", args.block] if args.block else [])]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -70,6 +72,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from unifashion.evaluation.markdown import report_markdown
     from unifashion.evaluation.targets import evaluate_targets, format_targets
 
+    if args.block and not args.into:
+        from unifashion.utils.errors import ConfigError
+
+        raise ConfigError("--block: names a block of the --into file; give --into FILE too")
     report = _read_report(args.run)
     other = _read_report(args.spread_from) if args.spread_from else None
     if other is not None:
@@ -99,8 +105,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                 old = file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"--into {file}: cannot read it ({exc})") from None
-            atomic_write_text(file, replace_report_block(old, text, str(file)))
-            print(f"wrote the report's tables into {file}")
+            atomic_write_text(file, replace_report_block(old, text, str(file), args.block))
+            print(f"wrote the report's tables into {file}" + (f" (block {args.block!r})" if args.block else ""))
         else:
             print(text)
     else:
@@ -152,5 +158,11 @@ def register(sub) -> None:
         metavar="FILE",
         help="write the --markdown tables into FILE (e.g. README.md) between its lines "
         "'<!-- report: begin ... -->' and '<!-- report: end -->', replacing what was there",
+    )
+    p.add_argument(
+        "--block",
+        metavar="NAME",
+        help="with --into: the block named NAME, between '<!-- report: begin NAME ... -->' and "
+        "'<!-- report: end NAME -->' (one file can hold the tables of several runs)",
     )
     p.set_defaults(func=cmd_report)

@@ -6,6 +6,7 @@ hand: targets, the paper's Tables 1-4 and the time of every stage.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -147,18 +148,27 @@ def report_markdown(report: Mapping[str, Any], targets: Mapping[str, Any], comma
 
 BLOCK_BEGIN = "<!-- report: begin"
 BLOCK_END = "<!-- report: end -->"
+# A begin marker may name its block (``<!-- report: begin demo (any words) -->``, ended by
+# ``<!-- report: end demo -->``), so one file can hold the tables of several runs.
+_BEGIN = re.compile(r"^\s*<!-- report: begin(?: (?P<name>[A-Za-z0-9_.-]+))?(?:\s.*)?-->\s*$")
+_END = re.compile(r"^\s*<!-- report: end(?: (?P<name>[A-Za-z0-9_.-]+))? -->\s*$")
 
 
-def replace_report_block(text: str, block: str, name: str) -> str:
+def replace_report_block(text: str, block: str, name: str, block_name: str | None = None) -> str:
     """``text`` (a Markdown file called ``name``) with the lines between its one pair of report
-    markers replaced by ``block``; the marker lines themselves stay. A file without exactly one
-    ``<!-- report: begin ... -->`` line followed by one ``<!-- report: end -->`` line is refused."""
+    markers (those named ``block_name``, or the unnamed pair) replaced by ``block``; the marker lines
+    themselves stay. A file without exactly one such begin line followed by its end line is refused."""
     lines = text.splitlines(keepends=True)
-    begins = [i for i, line in enumerate(lines) if line.lstrip().startswith(BLOCK_BEGIN)]
-    ends = [i for i, line in enumerate(lines) if line.strip() == BLOCK_END]
+
+    def found(pattern: re.Pattern) -> list[int]:
+        return [i for i, line in enumerate(lines) if (m := pattern.match(line)) and m["name"] == block_name]
+
+    begins, ends = found(_BEGIN), found(_END)
     if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        begin = BLOCK_BEGIN + (f" {block_name}" if block_name else "")
+        end = f"<!-- report: end {block_name} -->" if block_name else BLOCK_END
         raise ConfigError(
-            f"{name}: expected one line starting with {BLOCK_BEGIN!r} and, after it, one line {BLOCK_END!r} "
+            f"{name}: expected one line starting with {begin!r} and, after it, one line {end!r} "
             f"around the report's place; found {len(begins)} begin and {len(ends)} end markers"
         )
     body = block if block.endswith("\n") else block + "\n"

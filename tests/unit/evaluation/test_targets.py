@@ -195,3 +195,30 @@ def test_the_composed_margin_counts_the_baselines_after_phase_1a_and_compares_li
     assert (margin["spread"], "note" in margin) == (2.0, False)
     text = report_markdown(early, evaluate_targets(early), "unifashion report runs/full --markdown")
     assert "| after phase 1a: baseline: late fusion | - | - | 89.5 |" in text
+
+
+def test_named_report_blocks_let_one_file_hold_several_runs(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(_report()))
+    readme = tmp_path / "README.md"
+    original = (
+        "<!-- report: begin full (the full run) -->\nold full\n<!-- report: end full -->\n"
+        "between\n<!-- report: begin demo -->\nold demo\n<!-- report: end demo -->\n"
+    )
+    readme.write_text(original)
+    assert cli.main(["report", str(run), "--into", str(readme), "--block", "demo"]) == 0
+    text = readme.read_text()
+    assert "old full" in text and "old demo" not in text
+    assert text.index("between") < text.index(f"`unifashion report {run} --into {readme} --block demo`")
+    assert text.startswith("<!-- report: begin full (the full run) -->\nold full\n<!-- report: end full -->\n")
+    capsys.readouterr()
+    # No unnamed pair, an unknown name, or --block without --into: refused, the file left as it was.
+    readme.write_text(original)
+    assert cli.main(["report", str(run), "--into", str(readme)]) == 1
+    assert "found 0 begin and 0 end markers" in capsys.readouterr().err
+    assert cli.main(["report", str(run), "--into", str(readme), "--block", "paper"]) == 1
+    assert "'<!-- report: end paper -->'" in capsys.readouterr().err
+    assert cli.main(["report", str(run), "--block", "demo"]) == 1
+    assert "--block" in capsys.readouterr().err
+    assert readme.read_text() == original
