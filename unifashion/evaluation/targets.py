@@ -161,12 +161,12 @@ def second_run_mismatch(report: Report, other: Report) -> str | None:
     """Why ``other`` cannot give ``report``'s figures a spread (it measured other work), or None."""
     mine, theirs = _get(report, "settings") or {}, _get(other, "settings") or {}
     differ = [
-        f"{key} {theirs.get(key)!r} (first run: {mine.get(key)!r})"
+        f"{key} {theirs.get(key)!r} (this run: {mine.get(key)!r})"
         for key in SAME_WORK
         if mine.get(key) != theirs.get(key)
     ]
     if _get(report, "preset") != _get(other, "preset"):
-        differ.append(f"preset {_get(other, 'preset')!r} (first run: {_get(report, 'preset')!r})")
+        differ.append(f"preset {_get(other, 'preset')!r} (this run: {_get(report, 'preset')!r})")
     return "; ".join(differ) or None
 
 
@@ -237,11 +237,14 @@ def format_targets(targets: Mapping[str, Any]) -> str:
     if seeds:
 
         def named(x: Mapping[str, Any]) -> str:
-            return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in x.items()) or "seeds not recorded"
+            return (
+                ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in x.items())
+                or "seeds not recorded (a report.json from before they were)"
+            )
 
         lines.append(
-            f"Spread: |first run - second run|; first run {named(seeds['first_run'])}, "
-            f"second run {named(seeds['second_run'])}."
+            f"Spread: |this run - the second run|; this run: {named(seeds['first_run'])}; "
+            f"the second run: {named(seeds['second_run'])}."
         )
     for r in targets["rows"]:
         if r.get("note"):

@@ -8,7 +8,7 @@
    ``DIR/report.html``.
 
 ``small`` (the default) fits in about 15 minutes on 2 CPU cores; ``full`` is the size at which the
-quality targets are judged (about 2 hours on 2 cores).
+quality targets are judged (54-60 minutes on 2 cores of one machine, about twice that on a slower one).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ SIZES = {
         generation_limit=32,
     ),
     # The size at which the quality targets are judged. Its step counts were set from per-step costs
-    # to fit 90 minutes on 2 CPU cores; run end to end it took ~111 minutes (README, "The main job").
+    # to fit 90 minutes on 2 CPU cores; run end to end it took 54-60 minutes on one machine and about
+    # twice that on a slower one (README, "The main job").
     "full": QuickstartSize(
         products=8000,
         image_size=128,

@@ -160,13 +160,13 @@ def test_a_second_run_of_other_work_is_refused_and_the_seeds_are_named(tmp_path,
     second["settings"]["train_seed"] = 1
     same.write_text(json.dumps(second))
     assert cli.main(["report", str(run), "--spread-from", str(same), "--markdown"]) == 0
-    assert "first run seed 0, train seed 0, second run seed 0, train seed 1" in capsys.readouterr().out
+    assert "this run: seed 0, train seed 0; the second run: seed 0, train seed 1." in capsys.readouterr().out
     smaller = copy.deepcopy(second)
     smaller["settings"]["products"] = 1000
     other.write_text(json.dumps(smaller))
     assert cli.main(["report", str(run), "--spread-from", str(other), "--json"]) == 1
     err = capsys.readouterr().err
-    assert str(other) in err and "products 1000 (first run: 8000)" in err
+    assert str(other) in err and "products 1000 (this run: 8000)" in err
 
 
 def test_the_composed_margin_counts_the_baselines_after_phase_1a_and_compares_like_with_like():
