@@ -70,18 +70,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     import shlex
 
     from unifashion.evaluation.markdown import report_markdown
-    from unifashion.evaluation.targets import evaluate_targets, format_targets
+    from unifashion.evaluation.targets import evaluate_targets, format_targets, second_run_mismatch
+    from unifashion.utils.errors import ConfigError
 
     if args.block and not args.into:
-        from unifashion.utils.errors import ConfigError
-
         raise ConfigError("--block: names a block of the --into file; give --into FILE too")
     report = _read_report(args.run)
     other = _read_report(args.spread_from) if args.spread_from else None
     if other is not None:
-        from unifashion.evaluation.targets import second_run_mismatch
-        from unifashion.utils.errors import ConfigError
-
         mismatch = second_run_mismatch(report, other)
         if mismatch:
             raise ConfigError(
@@ -97,7 +93,6 @@ def cmd_report(args: argparse.Namespace) -> int:
             from pathlib import Path
 
             from unifashion.evaluation.markdown import replace_report_block
-            from unifashion.utils.errors import ConfigError
             from unifashion.utils.io import atomic_write_text
 
             file = Path(args.into)

@@ -420,6 +420,8 @@ def build_report(
     seeds: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The report: the figures of every task under the keys of ``report.json``'s contract."""
+    from unifashion.evaluation.retrieval import CIR_BASELINES
+
     r, c, g = results["retrieval"], results["captioning"]["val"], results["generation"]
     report: dict[str, Any] = {
         "title": f"UniFashion quickstart ({size})",
@@ -446,7 +448,7 @@ def build_report(
             "model_variant": "composed query Z_R (Eq. 9), ITC",
             "average": cir["composed"]["average"],
             "per_category": {k: v for k, v in cir["composed"]["per_category"].items()},
-            "baselines": {b: cir[b]["average"] for b in ("image_only", "text_only", "late_fusion")},
+            "baselines": {b: cir[b]["average"] for b in CIR_BASELINES},
             "variants": cir.get("variants", {}),
             "itm_rerank": cir.get("composed_itm", {}).get("average"),
             "gallery": cir.get("gallery", {}),
@@ -456,10 +458,10 @@ def build_report(
         # the embeddings it leaves can serve the baselines worse than phase 1a's did, so the margin of
         # the targets is taken over the best baseline of either.
         early_cir = (early or {}).get("cir", {})
-        if all(b in early_cir for b in ("composed", "image_only", "text_only", "late_fusion")):
+        if all(b in early_cir for b in ("composed", *CIR_BASELINES)):
             report["cir"]["after_phase1a"] = {
                 "composed": early_cir["composed"]["average"],
-                "baselines": {b: early_cir[b]["average"] for b in ("image_only", "text_only", "late_fusion")},
+                "baselines": {b: early_cir[b]["average"] for b in CIR_BASELINES},
             }
     desc = c["styles"]["description"]
     keys = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")

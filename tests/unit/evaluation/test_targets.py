@@ -50,6 +50,14 @@ def _rows(targets: dict) -> dict:
     return {r["target"]: r for r in targets["rows"]}
 
 
+def _run_folder(tmp_path, report: dict):
+    """A quickstart output folder holding ``report`` as its report.json."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps(report))
+    return run
+
+
 def test_every_figure_is_read_from_its_place_in_the_report():
     rows = _rows(evaluate_targets(_report()))
     assert len(rows) == len(TARGETS)
@@ -112,9 +120,7 @@ def test_markdown_tables_carry_the_figures_and_the_command():
 
 
 def test_the_report_command_reads_a_run_and_names_a_bad_file(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "report.json").write_text(json.dumps(_report()))
+    run = _run_folder(tmp_path, _report())
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_report(cmr={"random100": {"i2t": {"R@1": 80.0}, "t2i": {"R@1": 86.0}}})))
     assert cli.main(["report", str(run), "--spread-from", str(other), "--json"]) == 0
@@ -126,9 +132,7 @@ def test_the_report_command_reads_a_run_and_names_a_bad_file(tmp_path, capsys):
 
 
 def test_the_report_command_writes_its_tables_between_the_readme_markers(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "report.json").write_text(json.dumps(_report()))
+    run = _run_folder(tmp_path, _report())
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\nbefore\n<!-- report: begin (generated) -->\nold table\n<!-- report: end -->\nafter\n")
     assert cli.main(["report", str(run), "--into", str(readme)]) == 0
@@ -198,9 +202,7 @@ def test_the_composed_margin_counts_the_baselines_after_phase_1a_and_compares_li
 
 
 def test_named_report_blocks_let_one_file_hold_several_runs(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "report.json").write_text(json.dumps(_report()))
+    run = _run_folder(tmp_path, _report())
     readme = tmp_path / "README.md"
     original = (
         "<!-- report: begin full (the full run) -->\nold full\n<!-- report: end full -->\n"
