@@ -148,7 +148,7 @@ def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):
     assert len(catalog) == 700 and catalog.manifest["caption_source"] == "data"
 
 
-def test_ablation_rows(quickstart, tmp_path):
+def test_ablation_rows(quickstart, tmp_path, capsys):
     out = tmp_path / "ablation"
     assert cli.main(["ablate", "--data", str(quickstart / "data"), "--out", str(out), "--size", "tiny", "--quiet"]) == 0
     rows = json.loads((out / "ablation.json").read_text())["rows"]
@@ -165,3 +165,9 @@ def test_ablation_rows(quickstart, tmp_path):
     assert not (out / "qformer_only" / "captioner").exists() and not (out / "qformer_only" / "vae").exists()
     lora = Path("captioner") / "lora.safetensors"
     assert (out / "with_llm" / lora).read_bytes() == (out / "full" / lora).read_bytes()
+    # The README's Table 5 is printed from ablation.json by the report command.
+    capsys.readouterr()
+    assert cli.main(["report", str(out), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    full = rows["full"]
+    assert f"| full (LLM + diffusion) | {full['cmr_mean_recall']:.2f} | {full['cir_average_recall']:.2f} |" in text

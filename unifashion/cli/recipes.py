@@ -39,17 +39,43 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_report(path: str):
+def _read_json(file, what: str) -> object:
     import json
+
+    from unifashion.utils.errors import ConfigError
+
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: cannot read {what} ({exc})") from None
+
+
+def _read_ablation(path: str):
+    """The ``ablation.json`` of an ``unifashion ablate --out`` folder (or the file), else None."""
+    from pathlib import Path
+
+    from unifashion.utils.errors import ConfigError
+
+    file = Path(path)
+    if file.is_dir():
+        if (file / "report.json").is_file() or not (file / "ablation.json").is_file():
+            return None
+        file = file / "ablation.json"
+    elif file.name != "ablation.json":
+        return None
+    result = _read_json(file, "an ablation")
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), dict):
+        raise ConfigError(f"{file}: not an ablation.json of unifashion ablate (no 'rows')")
+    return result
+
+
+def _read_report(path: str):
     from pathlib import Path
 
     from unifashion.utils.errors import ConfigError
 
     file = Path(path) / "report.json" if Path(path).is_dir() else Path(path)
-    try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{file}: cannot read a quickstart report ({exc})") from None
+    report = _read_json(file, "a quickstart report")
     if not isinstance(report, dict) or "timing" not in report:
         raise ConfigError(f"{file}: not a quickstart report.json (no 'timing')")
     return report
@@ -67,7 +93,6 @@ def _command_args(args: argparse.Namespace) -> list[str]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     import json
-    import shlex
 
     from unifashion.evaluation.markdown import report_markdown
     from unifashion.evaluation.targets import evaluate_targets, format_targets, second_run_mismatch
@@ -75,6 +100,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.block and not args.into:
         raise ConfigError("--block: names a block of the --into file; give --into FILE too")
+    ablation = _read_ablation(args.run)
+    if ablation is not None:
+        return _report_ablation(args, ablation)
     report = _read_report(args.run)
     other = _read_report(args.spread_from) if args.spread_from else None
     if other is not None:
@@ -88,24 +116,54 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(targets, indent=1))
     elif args.markdown or args.into:
-        text = report_markdown(report, targets, "unifashion " + shlex.join(["report", *_command_args(args)]))
-        if args.into:
-            from pathlib import Path
-
-            from unifashion.evaluation.markdown import replace_report_block
-            from unifashion.utils.io import atomic_write_text
-
-            file = Path(args.into)
-            try:
-                old = file.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"--into {file}: cannot read it ({exc})") from None
-            atomic_write_text(file, replace_report_block(old, text, str(file), args.block))
-            print(f"wrote the report's tables into {file}" + (f" (block {args.block!r})" if args.block else ""))
-        else:
-            print(text)
+        _write_markdown(args, report_markdown(report, targets, _command(args)))
     else:
         print(format_targets(targets))
+    return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    import shlex
+
+    return "unifashion " + shlex.join(["report", *_command_args(args)])
+
+
+def _write_markdown(args: argparse.Namespace, text: str) -> None:
+    """Print ``text``, or write it into the --into file's report block."""
+    if not args.into:
+        print(text)
+        return
+    from pathlib import Path
+
+    from unifashion.evaluation.markdown import replace_report_block
+    from unifashion.utils.errors import ConfigError
+    from unifashion.utils.io import atomic_write_text
+
+    file = Path(args.into)
+    try:
+        old = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--into {file}: cannot read it ({exc})") from None
+    atomic_write_text(file, replace_report_block(old, text, str(file), args.block))
+    print(f"wrote the report's tables into {file}" + (f" (block {args.block!r})" if args.block else ""))
+
+
+def _report_ablation(args: argparse.Namespace, result: dict) -> int:
+    """``report`` of an ``unifashion ablate`` folder: its Table 5 (there are no targets to check)."""
+    import json
+
+    from unifashion.evaluation.markdown import ablation_markdown
+    from unifashion.recipes.ablation import format_table
+    from unifashion.utils.errors import ConfigError
+
+    if args.spread_from:
+        raise ConfigError(f"--spread-from: {args.run} is an ablation (one seed), not a quickstart run")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    elif args.markdown or args.into:
+        _write_markdown(args, ablation_markdown(result, _command(args)))
+    else:
+        print(format_table(result))
     return 0
 
 
@@ -139,8 +197,12 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("report", help="the quality targets of a quickstart run (and the README's tables)")
-    p.add_argument("run", help="a quickstart --out folder, or its report.json")
+    p = sub.add_parser(
+        "report", help="the quality targets of a quickstart run (and the README's tables), or an ablation's table"
+    )
+    p.add_argument(
+        "run", help="a quickstart --out folder or its report.json; or an ablate --out folder or its ablation.json"
+    )
     p.add_argument(
         "--spread-from",
         metavar="RUN",

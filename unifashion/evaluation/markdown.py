@@ -146,6 +146,47 @@ def report_markdown(report: Mapping[str, Any], targets: Mapping[str, Any], comma
     return head + "\n\n" + "\n\n".join(f"#### {title}\n\n{body}" for title, body in sections) + "\n"
 
 
+ABLATION_COLUMNS = (
+    ("CMR mean recall", "cmr_mean_recall", 2),
+    ("CIR average recall", "cir_average_recall", 2),
+    ("BLEU-4", "caption_bleu4", 2),
+    ("fid_effnet", "generation_fid_effnet", 2),
+)
+
+
+def ablation_markdown(result: Mapping[str, Any], command: str) -> str:
+    """The paper's Table 5 from an ``ablation.json`` (``unifashion ablate``), with each row's
+    composed average recall measured against the Q-Former-only row and its training minutes."""
+    rows = result.get("rows")
+    if not isinstance(rows, Mapping) or not rows:
+        raise ConfigError("ablation.json: no 'rows' (expected the file written by unifashion ablate)")
+    base = _get(rows, "qformer_only", "cir_average_recall")
+    body = []
+    for row in rows.values():
+        cir = row.get("cir_average_recall")
+        delta = cir - base if isinstance(cir, int | float) and isinstance(base, int | float) else None
+        seconds = row.get("train_seconds")
+        body.append(
+            [
+                row.get("label", "?"),
+                *(row.get(key) for _, key, _ in ABLATION_COLUMNS),
+                delta,
+                seconds / 60 if isinstance(seconds, int | float) else None,
+            ]
+        )
+    head = ["model", *(title for title, _, _ in ABLATION_COLUMNS), "CIR vs Q-Former only", "training min"]
+    decimals = [d for _, _, d in ABLATION_COLUMNS] + [2, 1]
+    total = result.get("seconds")
+    minutes = f"; {total / 60:.1f} min in all" if isinstance(total, int | float) else ""
+    about = f"size `{result.get('size', '?')}`, split `{result.get('split', '?')}`{minutes}"
+    note = (
+        "Training minutes: the full row's are the whole pipeline, phase 1 included, which every other row "
+        "starts from; the other rows' are their own phase 2."
+    )
+    head_line = f"Printed by `{command}` from `{result.get('data', '?')}` ({about})."
+    return head_line + "\n\n" + table(head, body, decimals) + "\n\n" + note + "\n"
+
+
 BLOCK_BEGIN = "<!-- report: begin"
 BLOCK_END = "<!-- report: end -->"
 # A begin marker may name its block (``<!-- report: begin demo (any words) -->``, ended by

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unifashion.evaluation.report import _get
+from unifashion.utils.errors import ConfigError
 
 Report = Mapping[str, Any]
 
@@ -187,7 +188,11 @@ def status(target: Target, value: float | None, spread: float | None) -> str:
 
 
 def evaluate_targets(report: Report, other: Report | None = None) -> dict[str, Any]:
-    """Every target's figure, threshold, spread (``|report - other|`` with a second run) and status."""
+    """Every target's figure, threshold, spread (``|report - other|`` with a second run) and status;
+    a second run that measured other work is refused (its difference is no spread)."""
+    mismatch = second_run_mismatch(report, other) if other is not None else None
+    if mismatch:
+        raise ConfigError(f"the second run measured other work, so the difference is no spread: {mismatch}")
     rows = []
     for t in TARGETS:
         value = t.figure(report)

@@ -8,6 +8,7 @@ import pytest
 from unifashion import cli
 from unifashion.evaluation.markdown import report_markdown
 from unifashion.evaluation.targets import TARGETS, evaluate_targets, format_targets
+from unifashion.utils.errors import ConfigError
 
 
 def _report(**changes) -> dict:
@@ -171,6 +172,9 @@ def test_a_second_run_of_other_work_is_refused_and_the_seeds_are_named(tmp_path,
     assert cli.main(["report", str(run), "--spread-from", str(other), "--json"]) == 1
     err = capsys.readouterr().err
     assert str(other) in err and "products 1000 (this run: 8000)" in err
+    # Called from Python, the same pair is refused too.
+    with pytest.raises(ConfigError, match=r"products 1000 \(this run: 8000\)"):
+        evaluate_targets(first, smaller)
 
 
 def test_the_composed_margin_counts_the_baselines_after_phase_1a_and_compares_like_with_like():
@@ -224,3 +228,35 @@ def test_named_report_blocks_let_one_file_hold_several_runs(tmp_path, capsys):
     assert cli.main(["report", str(run), "--block", "demo"]) == 1
     assert "--block" in capsys.readouterr().err
     assert readme.read_text() == original
+
+
+def test_the_report_command_prints_an_ablation_table_against_the_q_former_only_row(tmp_path, capsys):
+    rows = {
+        "qformer_only": {"label": "Q-Former only", "train_seconds": 120.0, "cmr_mean_recall": 80.0,
+                         "cir_average_recall": 90.0},
+        "with_llm": {"label": "+ LLM", "train_seconds": 240.0, "cmr_mean_recall": 81.0,
+                     "cir_average_recall": 92.5, "caption_bleu4": 30.0},
+        "full": {"label": "full (LLM + diffusion)", "train_seconds": 1800.0, "cmr_mean_recall": 82.0,
+                 "cir_average_recall": 89.0, "caption_bleu4": 31.0, "generation_fid_effnet": 50.0},
+    }  # fmt: skip
+    out = tmp_path / "ablation"
+    out.mkdir()
+    (out / "ablation.json").write_text(json.dumps({"data": "d", "size": "full", "split": "val", "rows": rows}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report: begin ablation -->\n<!-- report: end ablation -->\n")
+    assert cli.main(["report", str(out), "--into", str(readme), "--block", "ablation"]) == 0
+    text = readme.read_text()
+    assert f"`unifashion report {out} --into {readme} --block ablation`" in text
+    # The last two columns: composed average recall minus the Q-Former-only row's, and training minutes.
+    assert "| Q-Former only | 80.00 | 90.00 | - | - | 0.00 | 2.0 |" in text
+    assert "| + LLM | 81.00 | 92.50 | 30.00 | - | 2.50 | 4.0 |" in text
+    assert "| full (LLM + diffusion) | 82.00 | 89.00 | 31.00 | 50.00 | -1.00 | 30.0 |" in text
+    capsys.readouterr()
+    # The file itself is read the same way; an ablation has no second run to take a spread from.
+    assert cli.main(["report", str(out / "ablation.json")]) == 0
+    assert "+ LLM" in capsys.readouterr().out
+    assert cli.main(["report", str(out), "--spread-from", str(out)]) == 1
+    assert "ablation" in capsys.readouterr().err
+    (out / "ablation.json").write_text(json.dumps({"rows": "none"}))
+    assert cli.main(["report", str(out)]) == 1
+    assert "ablation.json" in capsys.readouterr().err
