@@ -56,6 +56,12 @@ def test_report_json_holds_every_figure_of_the_contract(quickstart):
     best = max(v["avg"] for v in [*early.values(), *_get(report, "cir.baselines").values()])
     margin = next(r for r in report["targets"]["rows"] if r["target"].startswith("composed retrieval"))
     assert margin["figure"] == round(_get(report, "cir.average.avg") - best, 2)
+    # The phase-1a row ranks by ITC only (the report reads no re-ranking of it); the final model's
+    # re-ranked rows are there.
+    results = json.loads((quickstart / "results.json").read_text())
+    assert "composed_itm" not in results["retrieval_phase1a"]["cir"]
+    assert "itc_itm" not in results["retrieval_phase1a"]["cmr"]["random100"]
+    assert "composed_itm" in results["retrieval"]["cir"] and _get(report, "cir.itm_rerank.avg") >= 0
 
 
 def test_report_judges_the_targets_and_captions_the_novel_split(quickstart):
