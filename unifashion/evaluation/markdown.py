@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from unifashion.evaluation.report import _get
@@ -154,6 +155,14 @@ ABLATION_COLUMNS = (
 )
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory where it lies below it (as a README shows it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def ablation_markdown(result: Mapping[str, Any], command: str) -> str:
     """The paper's Table 5 from an ``ablation.json`` (``unifashion ablate``), with each row's
     composed average recall measured against the Q-Former-only row and its training minutes."""
@@ -183,7 +192,7 @@ def ablation_markdown(result: Mapping[str, Any], command: str) -> str:
         "Training minutes: the full row's are the whole pipeline, phase 1 included, which every other row "
         "starts from; the other rows' are their own phase 2."
     )
-    head_line = f"Printed by `{command}` from `{result.get('data', '?')}` ({about})."
+    head_line = f"Printed by `{command}` from `{_shown(result.get('data', '?'))}` ({about})."
     return head_line + "\n\n" + table(head, body, decimals) + "\n\n" + note + "\n"
 
 
