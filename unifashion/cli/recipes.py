@@ -174,8 +174,9 @@ def register(sub) -> None:
         "--size",
         default="small",
         choices=tuple(SIZES),
-        help="small: ~15 min on 2 CPU cores; full: the size of the quality targets "
-        "(~1 h on 2 cores, up to ~2 h on slower ones); tiny: a one-minute smoke test with random tiny networks",
+        help="small: 7-16 min on 2 CPU cores (the lower with native bf16, the higher without); full: the size "
+        "of the quality targets (~1 h on 2 cores with native bf16, 2-2.5 h without); tiny: a one-minute smoke "
+        "test with random tiny networks",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the data (and of training, unless --train-seed)")
     p.add_argument(
