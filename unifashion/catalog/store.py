@@ -626,7 +626,8 @@ class Catalog:
         per = self.queries_per_product if by == "queries" else 1
         n_captioned = self.indexes["captions"].ntotal
         exact = self.indexes[by].exact and self.indexes["captions"].exact
-        fetch = min(n, k + len(excluded))
+        # One more than the answer needs, so that the bound below comes from a product that is not in it.
+        fetch = min(n, k + len(excluded) + 1)
         for _ in range(64 if exact else 3):  # exact indexes: until the answer is provably complete
             scores, ids = self.indexes[by].search(vector[None], fetch * per)
             image_hits = best_per_item(scores[0], ids[0], per, fetch)
@@ -645,7 +646,9 @@ class Catalog:
             rows = {r for r in rows if r not in excluded and self._matches(r, category, wanted)}
             hits = self._rank(vector, rows, by, w if use_captions else 0.0, k)
             outside = image_bound + (w * caption_bound if use_captions else 0.0)
-            if fetch >= n or (len(hits) >= k and hits[-1].score >= outside):
+            # Strictly above: a product outside that ties the last hit could come first (ties go by
+            # row), and which of several tied products an engine returns is its own choice.
+            if fetch >= n or (len(hits) >= k and hits[-1].score > outside):
                 break
             fetch = min(n, fetch * 4)
         return hits

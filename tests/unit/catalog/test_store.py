@@ -64,6 +64,28 @@ def test_search_matches_brute_force_scores(tmp_path, kind):
     assert hits[0].id == "p7" and hits[0].image_score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_tied_scores_come_back_by_row_whatever_the_index_returns(tmp_path):
+    """Products whose vectors are all the same tie on every query: the answer is the first rows, in
+    order, and not whichever tied products the index happened to return (an engine's own choice)."""
+    entries, vectors = _products(40)
+    same = ProductVectors(
+        np.repeat(vectors.queries[:1], 40, axis=0), np.repeat(vectors.means[:1], 40, axis=0), vectors.captions * 0
+    )
+    cat = Catalog.create(tmp_path / "c", entries, same, model={"fingerprint": "x"}, kind="flat")
+    index = cat.indexes["means"]
+    real_search = index.search
+
+    def last_rows_first(queries, k):  # a valid top k of tied products: the highest rows
+        scores, ids = real_search(queries, len(cat))
+        order = np.argsort(-ids[0])[:k]
+        return scores[:, order], ids[:, order]
+
+    index.search = last_rows_first
+    hits = cat.search(same.means[0], by="means", k=5, exclude=("p1",))
+    assert [h.id for h in hits] == ["p0", "p2", "p3", "p4", "p5"]
+    assert all(h.score == pytest.approx(1.0, abs=1e-5) for h in hits)
+
+
 def test_filters_and_metadata(tmp_path):
     entries, vectors = _products(30)
     cat = Catalog.create(tmp_path / "c", entries, vectors, model={})
