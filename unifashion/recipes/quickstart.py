@@ -56,8 +56,8 @@ SIZES = {
         generation_limit=32,
     ),
     # The size at which the quality targets are judged. Its step counts were set from per-step costs
-    # to fit 90 minutes on 2 CPU cores; run end to end it took 54-60 minutes on one machine and about
-    # twice that on a slower one (README, "The main job").
+    # to fit 90 minutes on 2 CPU cores; run end to end it took 54-60 minutes on a CPU with native bf16,
+    # and its per-step times put it at about 2-2.5 hours on one without (README, "The main job").
     "full": QuickstartSize(
         products=8000,
         image_size=128,
