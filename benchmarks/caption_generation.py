@@ -11,15 +11,17 @@ generates exactly ``--tokens`` new tokens (the loop does not stop at the end
 token), so the counts are equal whatever the weights say.
 
     python benchmarks/caption_generation.py --model MODEL --data DIR [--max-items 128]
-        [--batch-sizes 16,32,64]
+        [--batch-sizes 32,64,128] [--lora-folded]
 
 measures the evaluation's own path instead (:func:`generate_captions` on the
 first ``--max-items`` products of ``val``, description style, greedy, stopping
 at the end token as ``eval captioning`` does), for a trained caption head: per
-batch size, seconds per caption with the LoRA update kept apart (three matrix
-products per adapted layer) and folded into the weights
-(:meth:`Captioner.lora_merged`), and the share of captions that come out the
-same as batch 16 unmerged (bf16 rounding can flip a greedy token).
+batch size, seconds per caption with the rows that have written their end token
+kept in the batch until the longest row is done, and pruned from it
+(``Decoding.prune``, the default); with ``--lora-folded`` also pruned with the
+LoRA update folded into the weights (:meth:`Captioner.lora_merged`); and the
+share of captions that come out the same as the first row (bf16 rounding can
+flip a greedy token).
 """
 
 from __future__ import annotations
@@ -73,12 +75,14 @@ def evaluation_path(args: argparse.Namespace) -> dict:
     bf16 = cpu_has_bf16()
     generate_captions(captioner, queries[:2], "description", Decoding(max_new_tokens=4), progress=False)  # warm-up
     rows, reference = [], None
+    variants = [("kept", "apart"), ("pruned", "apart")] + ([("pruned", "folded")] if args.lora_folded else [])
     for batch in args.batch_sizes:
-        for merged in (False, True):
+        for rows_done, lora in variants:
+            decoding = Decoding(prune=rows_done == "pruned")
             t0 = time.perf_counter()
-            with torch.no_grad(), captioner.lora_merged() if merged else contextlib.nullcontext():
+            with torch.no_grad(), captioner.lora_merged() if lora == "folded" else contextlib.nullcontext():
                 captions = generate_captions(
-                    captioner, queries, "description", batch_size=batch, bf16=bf16, progress=False
+                    captioner, queries, "description", decoding, batch_size=batch, bf16=bf16, progress=False
                 )
             seconds = time.perf_counter() - t0
             reference = reference or captions
@@ -86,7 +90,8 @@ def evaluation_path(args: argparse.Namespace) -> dict:
             rows.append(
                 {
                     "batch_size": batch,
-                    "lora": "folded" if merged else "apart",
+                    "finished_rows": rows_done,
+                    "lora": lora,
                     "seconds_per_caption": round(seconds / len(captions), 4),
                     "same_as_first_row": round(same, 3),
                 }
@@ -111,7 +116,8 @@ def main() -> None:
     parser.add_argument("--model", help="a trained caption head: measure the evaluation's own path on --data")
     parser.add_argument("--data", help="dataset folder with a val split (with --model)")
     parser.add_argument("--max-items", type=int, default=128)
-    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[16, 32, 64])
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[32, 64, 128])
+    parser.add_argument("--lora-folded", action="store_true", help="also time pruned rows with the LoRA folded in")
     args = parser.parse_args()
     quiet_libraries()
     if args.model:

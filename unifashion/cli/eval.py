@@ -68,6 +68,7 @@ def cmd_eval_captioning(args: argparse.Namespace) -> int:
     from unifashion.evaluation.retrieval import save_json
 
     splits = splits_arg(args.split)
+    batch = {} if args.batch_size is None else {"batch_size": args.batch_size}  # else CAPTION_BATCH
     result = evaluate_captioning(
         args.model,
         args.data,
@@ -76,9 +77,9 @@ def cmd_eval_captioning(args: argparse.Namespace) -> int:
         baseline_split=args.baseline_split or None,
         styles=styles_arg(args.styles),
         decoding=decoding_from(args),
-        batch_size=args.batch_size,
         max_items=args.max_items,
         bf16=not args.no_bf16,
+        **batch,
     )
     if args.json:
         save_json(args.json, result)
@@ -234,8 +235,12 @@ def register(sub) -> None:
     p.add_argument("--baseline-split", default="train", help="where the nearest-neighbour baseline looks ('' = off)")
     add_decoding_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of --decoding sample")
-    # CAPTION_BATCH of pipelines/captioning.py, not imported here: the CLI loads torch only when a command runs.
-    p.add_argument("--batch-size", type=int, default=32, help="captions decoded together")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="captions decoded together (default: CAPTION_BATCH of unifashion.pipelines.captioning)",
+    )
     p.add_argument("--max-items", type=int, default=None, help="score only the first N products of each split")
     p.add_argument("--no-bf16", action="store_true")
     p.set_defaults(func=cmd_eval_captioning)

@@ -62,6 +62,9 @@ class Decoding:
     top_p: float = 0.9  # sample only
     seed: int = 0
     use_cache: bool = True  # the KV cache; off only to measure what it saves
+    # Greedy and sampling: a row that has written its end token leaves the batch (see
+    # ``Captioner.decode_loop``); off only to measure what it saves.
+    prune: bool = True
 
     def generate_kwargs(self, end_id: int, pad_id: int) -> dict[str, Any]:
         """Arguments of transformers' ``generate`` for this decoding."""
@@ -308,42 +311,63 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def decode_loop(self, embeds: torch.Tensor, decoding: Decoding, *, stop_at_end: bool = True) -> list[list[int]]:
-        """Greedy or top-p sampling, one token per step for the whole batch.
+        """Greedy or top-p sampling, one token per step for the rows still writing.
 
         With the cache, each step feeds only the newest token and the keys and
         values of everything before it; without, each step runs the whole
-        sequence again. ``stop_at_end=False`` always runs ``max_new_tokens``
-        steps (for speed measurements)."""
+        sequence again. With ``decoding.prune`` (the default), a row that has written its
+        end token leaves the batch (and its keys and values the cache): the
+        captions of one batch differ in length (on a trained head, 12 tokens at
+        the median while a few run to ``max_new_tokens``), and without pruning
+        every step computes every row until the longest is done. Each row's
+        tokens are the same either way, up to float rounding; sampling draws
+        from one generator over the rows still writing, so its draws depend on
+        pruning. ``stop_at_end=False`` always runs ``max_new_tokens`` steps
+        on every row (for speed measurements)."""
         b = embeds.shape[0]
         generator = torch.Generator(device="cpu").manual_seed(decoding.seed)
-        sequence = embeds  # (B, L, h): what the model has not cached yet, or everything without the cache
+        sequence = embeds  # (A, L, h): what the model has not cached yet, or everything without the cache
         past = None
-        done = torch.zeros(b, dtype=torch.bool)
-        tokens: list[torch.Tensor] = []
+        tokens = torch.full((b, decoding.max_new_tokens), self.pad_id, dtype=torch.long)
+        active = torch.arange(b)  # the rows of ``embeds`` still writing, in order
+        done = torch.zeros(b, dtype=torch.bool)  # without pruning: rows that wrote their end token
         length = embeds.shape[1]
-        for _ in range(decoding.max_new_tokens):
-            mask = torch.ones(b, length, dtype=torch.long, device=embeds.device)
+        steps = 0
+        for step in range(decoding.max_new_tokens):
+            mask = torch.ones(len(active), length, dtype=torch.long, device=embeds.device)
             cache = {self._cache_argument(): past} if past is not None else {}
             out = self.llm(
                 inputs_embeds=sequence, attention_mask=mask, use_cache=decoding.use_cache, logits_to_keep=1, **cache
             )
-            logits = out.logits[:, -1].float().cpu()  # (B, V)
+            logits = out.logits[:, -1].float().cpu()  # (A, V)
             if decoding.mode == "greedy":
                 next_token = logits.argmax(dim=-1)
             else:
                 next_token = sample_top_p(logits / decoding.temperature, decoding.top_p, generator)
-            next_token = torch.where(done, torch.full_like(next_token, self.pad_id), next_token)
-            tokens.append(next_token)
-            done |= (next_token == self.end_id) & stop_at_end
-            if bool(done.all()):
-                break
-            new = self._embed(next_token.to(embeds.device)).unsqueeze(1).to(embeds.dtype)  # (B, 1, h)
-            if decoding.use_cache:
-                past, sequence = out["cache"] if "cache" in out else out["past_key_values"], new
+            steps = step + 1
+            ended = (next_token == self.end_id) & stop_at_end
+            if decoding.prune:
+                tokens[active, step] = next_token
+                keep = (~ended).nonzero().squeeze(1)
             else:
-                sequence = torch.cat([sequence, new], dim=1)
+                next_token = torch.where(done, torch.full_like(next_token, self.pad_id), next_token)
+                tokens[:, step] = next_token
+                done |= ended
+                ended = done
+                keep = torch.arange(len(active))
+            if bool(ended.all()):
+                break
+            new = self._embed(next_token[keep].to(embeds.device)).unsqueeze(1).to(embeds.dtype)  # (A', 1, h)
+            if decoding.use_cache:
+                past = out["cache"] if "cache" in out else out["past_key_values"]
+                if len(keep) < len(active):
+                    past.batch_select_indices(keep.to(embeds.device))
+                sequence = new
+            else:
+                sequence = torch.cat([sequence[keep.to(embeds.device)], new], dim=1)
+            active = active[keep]
             length += 1
-        return torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
+        return tokens[:, :steps].tolist()
 
     @torch.no_grad()
     def generate(self, query_outputs: torch.Tensor, style: str, decoding: Decoding | None = None) -> list[str]:

@@ -148,13 +148,25 @@ def encode_composed(
 def itm_scores(
     model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
 ) -> np.ndarray:
-    """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair."""
+    """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair.
+
+    Pairs are batched in order of their texts' token counts, so a batch pads its texts to about
+    their own length rather than to the longest of a random draw; the scores come back in the
+    order given."""
+    if not texts:
+        return np.zeros(0, dtype=np.float32)
+    lengths = model.tokenize(texts).attention_mask.sum(dim=1).cpu().numpy()
+    order = np.argsort(lengths, kind="stable")
+    by_length = [texts[i] for i in order]
+    feats = feats[torch.as_tensor(order)]
     logits = _in_batches(
-        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(texts[a:b])),
+        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(by_length[a:b])),
         len(texts),
         batch_size,
         bf16,
         torch.zeros(0, 2),
         device=model.qformer.device,
     )
-    return (logits[:, 1] - logits[:, 0]).numpy()
+    out = np.empty(len(texts), dtype=np.float32)
+    out[order] = (logits[:, 1] - logits[:, 0]).numpy()
+    return out

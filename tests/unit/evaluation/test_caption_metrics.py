@@ -51,6 +51,30 @@ def test_wrapper_equals_pycocoevalcap_called_directly():
 
 
 @needs_java
+def test_one_meteor_process_scores_every_call_as_a_fresh_one_would():
+    """The METEOR process is shared by the calls of one Python process: each call's scores are
+    those of a METEOR started for it alone, whatever was scored before; a dead process is
+    replaced."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    sets = [
+        ({"a": ["navy striped shirt"], "b": ["red maxi dress"]}, {"a": ["navy shirt"], "b": ["red dress"]}),
+        ({"c": ["black cropped jacket", "cropped black jacket"]}, {"c": ["black jacket"]}),
+    ]
+    fresh = [Meteor().compute_score(gts, res) for gts, res in sets]
+    C._stop_meteor()
+    shared = [C.meteor_scores(gts, res) for gts, res in [*sets, *sets]]
+    first = C._meteor
+    assert first is not None and first.meteor_p.poll() is None  # still running, for the next call
+    for got, want in zip(shared, fresh + fresh, strict=True):
+        assert got[0] == pytest.approx(want[0], abs=1e-12) and got[1] == pytest.approx(want[1], abs=1e-12)
+    first.meteor_p.kill()
+    first.meteor_p.wait()
+    again = C.meteor_scores(*sets[0])
+    assert C._meteor is not first and again[0] == pytest.approx(fresh[0][0], abs=1e-12)
+
+
+@needs_java
 def test_perfect_captions_and_a_hand_computed_bleu():
     perfect = C.coco_caption_scores(
         {"x": ["a red dress"], "y": ["blue skirt with pockets"]}, {"x": "a red dress", "y": "blue skirt with pockets"}

@@ -101,6 +101,44 @@ def test_phase_1b_trains_adapter_and_lora_only_and_phase_2_reaches_the_queries_n
     assert all(p.grad is not None for p in c.text_adapter.parameters())
 
 
+def test_rows_that_have_ended_leave_the_batch_and_no_row_changes(monkeypatch):
+    """Decoding.prune: a row that has written its end token leaves the batch (and its keys and values
+    the cache); every row's tokens are those of the batch decoded without pruning, cache or no
+    cache, and those of the row decoded alone."""
+    torch.manual_seed(0)
+    c = Captioner.build(tiny().llm, QUERY_DIM).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # large random weights: greedy tokens that change from step to step and row to row
+        for p in c.llm.parameters():
+            if p.dim() == 2:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    embeds = torch.randn(8, 5, c.llm.get_input_embeddings().weight.shape[1], generator=torch.Generator().manual_seed(5))
+    free = c.decode_loop(embeds, Decoding("greedy", 12), stop_at_end=False)
+    first: dict[int, dict[int, int]] = {}  # token -> {row: the step it first writes it}
+    for i, row in enumerate(free):
+        for step, token in enumerate(row):
+            first.setdefault(token, {}).setdefault(i, step)
+    # As the end token, the one that ends rows at the most different steps (and leaves some rows going).
+    end = max((t for t in first if len(first[t]) < len(free)), key=lambda t: (len(set(first[t].values())), -t))
+    assert len(set(first[end].values())) >= 2
+    monkeypatch.setattr(Captioner, "end_id", property(lambda self: end))
+    widths: list[int] = []
+    hook = c.llm.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["inputs_embeds"].shape[0]), with_kwargs=True
+    )
+    try:
+        pruned = c.decode_loop(embeds, Decoding("greedy", 12))
+    finally:
+        hook.remove()
+    assert widths[0] == 8 and widths[-1] < 8 and widths == sorted(widths, reverse=True)
+    for use_cache in (True, False):
+        assert c.decode_loop(embeds, Decoding("greedy", 12, use_cache=use_cache, prune=False)) == pruned
+        assert c.decode_loop(embeds, Decoding("greedy", 12, use_cache=use_cache)) == pruned
+    batch = c.generate_from_embeddings(embeds, Decoding("greedy", 12))
+    assert batch == [c.generate_from_embeddings(embeds[i : i + 1], Decoding("greedy", 12))[0] for i in range(8)]
+    assert sorted(len(r) for r in batch)[0] < 12  # some rows did end
+
+
 def test_decoding_is_deterministic_for_a_seed_and_checks_its_arguments(captioner):
     z = torch.randn(3, 8, QUERY_DIM, generator=torch.Generator().manual_seed(3))
     a = captioner.generate(z, "title", Decoding("sample", 6, seed=11))

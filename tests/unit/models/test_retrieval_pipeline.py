@@ -239,3 +239,69 @@ def test_fixed_candidate_lists_reproduce_the_seeded_protocol_and_bad_lists_are_n
     assert f"bad.jsonl [line 2]: the candidates hold the query '{products[0].id}' 0 times" in capsys.readouterr().err
     assert cli.main([*common[:7], "train,val", "--candidates", str(lists)]) == 1
     assert "--candidates lists the products of one split" in capsys.readouterr().err
+
+
+def test_itm_reranking_scores_each_pair_once_and_ranks_as_scoring_each_direction_apart(trained, monkeypatch):
+    """ITM scores come back in the order of the pairs given, whatever order they are batched in; the
+    random-100 re-ranking scores a pair that is in the top k of both directions once, and reads the
+    same recalls as re-ranking each direction with its own ITM pass."""
+    import torch
+
+    from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
+    from unifashion.data.formats import read_split
+    from unifashion.evaluation import retrieval as E
+    from unifashion.models.qformer import max_over_queries
+    from unifashion.models.retrieval import RetrievalModel
+    from unifashion.pipelines import retrieval as R
+
+    data, path = trained
+    model = RetrievalModel.from_pretrained(path)
+    split = read_split(data, "train")
+    products = [p for p in split.products if p.captions]
+    texts = [p.captions[0] for p in products]
+    table = FeatureTable.build(
+        [r for p in split.products for r in p.images], FeatureCache(model.vision), progress=False
+    )
+    first = np.array([table.index[str(p.images[0])] for p in products])
+    feats = table.feats[torch.as_tensor(first[:6])]
+    varied = [texts[0], texts[1] + " " + texts[2], "red", texts[3], texts[4] + " " + texts[5] + " " + texts[6], "a"]
+    together = R.itm_scores(model, feats, varied, batch_size=2)
+    alone = np.concatenate([R.itm_scores(model, feats[i : i + 1], varied[i : i + 1]) for i in range(6)])
+    assert np.allclose(together, alone, atol=1e-4)
+
+    images = R.encode_images(model, table)
+    asked: list[tuple[bytes, str]] = []  # (image features, text) of every pair scored
+    scorer = R.itm_scores
+
+    def counting(m, f, t, **kw):
+        asked.extend(zip([x.numpy().tobytes() for x in f], t, strict=True))
+        return scorer(m, f, t, **kw)
+
+    monkeypatch.setattr(E, "itm_scores", counting)
+    result, _ = E.evaluate_cmr(model, split, images, rerank_k=5)
+    r100 = result["random100"]
+    assert len(asked) == len(set(asked))  # no pair scored twice
+
+    # The reference: each direction re-ranked with its own ITM pass.
+    sim = max_over_queries(images.embeds[torch.as_tensor(first)], R.encode_texts(model, texts)).numpy()
+    queries = np.arange(len(products))
+    cand, _ = P.random_candidates(
+        [p.subcategory or p.category for p in products], n=100, seed=0, queries=queries.tolist()
+    )
+    temperature = model.qformer.temperature().item()
+    pairs = {}
+    for d, base in (("i2t", sim.T), ("t2i", sim)):
+        scores = np.take_along_axis(base[queries], cand, axis=1)
+
+        def rescore(qi, ci, d=d, scores=scores):
+            iq, ic = queries[qi], cand[qi, ci]
+            img, txt = (iq, ic) if d == "i2t" else (ic, iq)
+            pairs[d] = set(zip(img.tolist(), txt.tolist(), strict=True))
+            itm = scorer(model, table.feats[torch.as_tensor(first[img])], [texts[t] for t in txt])
+            return itm + scores[qi, ci] / temperature
+
+        ranks = P.target_ranks(P.rerank_top_k(scores, 5, rescore), cand == queries[:, None])
+        for k, v in P.recall_at_k(ranks, (1, 5, 10)).items():
+            assert r100["itc_itm"][d][k] == pytest.approx(v, abs=1e-9), (d, k)
+    both = pairs["i2t"] & pairs["t2i"]
+    assert both and len(asked) == len(pairs["i2t"] | pairs["t2i"]) < len(pairs["i2t"]) + len(pairs["t2i"])
