@@ -44,12 +44,13 @@ SIZES = {
     "small": QuickstartSize(
         products=1000,
         image_size=128,
-        # Step counts fit 15 minutes on 2 CPU cores with native bf16 (7.1 measured); without it (fp32)
-        # the run took 16.2 (README, "The main job").
+        # Step counts for 15 minutes on 2 CPU cores without native bf16 (fp32), where longer ones
+        # (phase 1a 3.5 epochs, phase 2 1.0, caption head 0.3, VAE 200 steps, text-to-image 120,
+        # try-on and design 25) took 16.2-17.4 minutes against 7.1 with bf16 (README, "The main job").
         training={
-            "retrieval": {"phase1_epochs": 3.5, "phase2_epochs": 1.0, "log_every": 2},
-            "captioning": {"epochs": 0.3, "log_every": 2},
-            "generation": {"vae_steps": 200, "steps": 120, "tryon_steps": 25, "design_steps": 25, "log_every": 5},
+            "retrieval": {"phase1_epochs": 2.5, "phase2_epochs": 0.75, "log_every": 2},
+            "captioning": {"epochs": 0.2, "log_every": 2},
+            "generation": {"vae_steps": 120, "steps": 70, "tryon_steps": 20, "design_steps": 20, "log_every": 5},
             "phase2": {"itg_rows": 4, "q2i_rows": 8},
         },
         caption_items=50,
