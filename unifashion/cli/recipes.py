@@ -170,7 +170,7 @@ def register(sub) -> None:
         "--size",
         default="small",
         choices=tuple(SIZES),
-        help="small: 7-16 min on 2 CPU cores (the lower with native bf16, the higher without); full: the size "
+        help="small: ~13 min on 2 CPU cores without native bf16 (2-3x faster with it); full: the size "
         "of the quality targets (~1 h on 2 cores with native bf16, 2-2.5 h without); tiny: a one-minute smoke "
         "test with random tiny networks",
     )

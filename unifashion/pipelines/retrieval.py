@@ -146,17 +146,24 @@ def encode_composed(
 
 @torch.no_grad()
 def itm_scores(
-    model: RetrievalModel, feats: torch.Tensor, texts: list[str], batch_size: int = 64, bf16: bool = True
+    model: RetrievalModel,
+    feats: torch.Tensor,
+    texts: list[str],
+    batch_size: int = 64,
+    bf16: bool = True,
+    by_length: bool = True,
 ) -> np.ndarray:
     """ITM log-odds of a match, log p(match) - log p(no match), for each (image features, text) pair.
 
-    Pairs are batched in order of their texts' token counts, so a batch pads its texts to about
-    their own length rather than to the longest of a random draw; the scores come back in the
-    order given."""
+    With ``by_length`` (off only to measure it), pairs are batched in order of their texts' token
+    counts, so a batch pads its texts to about their own length rather than to the longest of a
+    random draw; the scores come back in the order given."""
     if not texts:
         return np.zeros(0, dtype=np.float32)
-    lengths = model.tokenize(texts).attention_mask.sum(dim=1).cpu().numpy()
-    order = np.argsort(lengths, kind="stable")
+    if by_length:
+        order = np.argsort(model.tokenize(texts).attention_mask.sum(dim=1).cpu().numpy(), kind="stable")
+    else:
+        order = np.arange(len(texts))
     by_length = [texts[i] for i in order]
     feats = feats[torch.as_tensor(order)]
     logits = _in_batches(

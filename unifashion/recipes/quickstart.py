@@ -7,9 +7,9 @@
 4. draws sample grids with the trained model (``DIR/samples``) and writes ``DIR/report.json`` and
    ``DIR/report.html``.
 
-``small`` (the default) took 7.1 minutes on 2 cores of a CPU with native bf16 and 16.2 on one
-without (fp32); ``full`` is the size at which the quality targets are judged (54-60 minutes on the
-first, about 2-2.5 hours on the second by its per-step times).
+``small`` (the default) took 12.7 minutes on 2 cores of a CPU without native bf16 (fp32), where
+bf16 CPUs run about 2-3 times as fast; ``full`` is the size at which the quality targets are judged
+(54-60 minutes on a CPU with native bf16, about 2-2.5 hours without by its per-step times).
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ SIZES = {
     "small": QuickstartSize(
         products=1000,
         image_size=128,
-        # Step counts for 15 minutes on 2 CPU cores without native bf16 (fp32), where longer ones
-        # (phase 1a 3.5 epochs, phase 2 1.0, caption head 0.3, VAE 200 steps, text-to-image 120,
-        # try-on and design 25) took 16.2-17.4 minutes against 7.1 with bf16 (README, "The main job").
+        # Step counts for 15 minutes on 2 CPU cores without native bf16 (fp32): 12.7 measured, where
+        # longer ones (phase 1a 3.5 epochs, phase 2 1.0, caption head 0.3, VAE 200 steps,
+        # text-to-image 120, try-on and design 25) took 16.2-17.4 minutes against 7.1 with bf16
+        # (README, "The main job").
         training={
             "retrieval": {"phase1_epochs": 2.5, "phase2_epochs": 0.75, "log_every": 2},
             "captioning": {"epochs": 0.2, "log_every": 2},
