@@ -160,12 +160,11 @@ def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> torch
     return torch.cat([model.qformer.text_embedding(model.tokenize(list(c))).float() for c in chunks])
 
 
-def itc_score(model, images: Sequence, texts: Sequence[str], embeds: torch.Tensor | None = None) -> float:
-    """Mean Eq. 3 similarity (best cosine over the queries) of each image with its text, x100
-    (``embeds``: the images' ``image_embeddings`` when already computed)."""
-    img = image_embeddings(model, images) if embeds is None else embeds  # (N, Q, e)
+def itc_score(model, embeds: torch.Tensor, texts: Sequence[str]) -> float:
+    """Mean Eq. 3 similarity (best cosine over the queries) of each image, given by its
+    ``image_embeddings`` (N, Q, e), with its text, x100."""
     txt = text_embeddings(model, texts)  # (N, e)
-    return round(100.0 * float(torch.einsum("nqe,ne->nq", img, txt).amax(dim=1).mean()), 3)
+    return round(100.0 * float(torch.einsum("nqe,ne->nq", embeds, txt).amax(dim=1).mean()), 3)
 
 
 @dataclass
@@ -175,11 +174,10 @@ class CategoryReference:
     embeddings: torch.Tensor  # (M, Q, e)
     categories: list[str]
 
-    def classify(self, model, images: Sequence, embeds: torch.Tensor | None = None) -> list[str]:
-        """The category of each image (``embeds``: their ``image_embeddings`` when already computed)."""
-        emb = image_embeddings(model, images) if embeds is None else embeds  # (N, Q, e)
+    def classify(self, embeds: torch.Tensor) -> list[str]:
+        """The category of each image, given by its ``image_embeddings`` (N, Q, e)."""
         # Image-image similarity: mean over query pairs' best match.
-        sims = torch.einsum("nqe,mpe->nmqp", emb, self.embeddings).amax(dim=-1).mean(dim=-1)
+        sims = torch.einsum("nqe,mpe->nmqp", embeds, self.embeddings).amax(dim=-1).mean(dim=-1)
         return [self.categories[int(j)] for j in sims.argmax(dim=1)]
 
 
@@ -297,13 +295,19 @@ def build_scorers(model, train, cfg: GenerationEvalConfig) -> tuple[Scorers, Any
     return Scorers(model, networks, clip, reference), cache
 
 
-def agreement(
-    scorers: Scorers, images: Sequence, texts: Sequence[str], embeds: torch.Tensor | None = None
-) -> dict[str, float]:
-    """Text-image agreement: ``itc_score`` (ours), ``clip_score`` (CLIP-S) with a CLIP model."""
-    r = {"itc_score": itc_score(scorers.model, images, texts, embeds)}
+def judged(scorers: Scorers, images: Sequence, asked: dict[str, Any]) -> dict[str, float]:
+    """``images`` against what was ``asked`` (its ``colours``, ``categories`` and ``texts``):
+    colour and category accuracy, and the text-image agreement: ``itc_score`` (ours),
+    ``clip_score`` (CLIP-S) with a CLIP model. The images are embedded once for the category
+    and ``itc_score``."""
+    embeds = image_embeddings(scorers.model, images)  # (N, Q, e)
+    r = {
+        "colour_accuracy": colour_accuracy(images, asked["colours"]),
+        "category_accuracy": round(accuracy(scorers.reference.classify(embeds), asked["categories"]), 2),
+        "itc_score": itc_score(scorers.model, embeds, asked["texts"]),
+    }
     if scorers.clip is not None:
-        r["clip_score"] = scorers.clip(images, texts)
+        r["clip_score"] = scorers.clip(images, asked["texts"])
     return r
 
 
@@ -326,15 +330,7 @@ def colour_accuracy(images: Sequence[np.ndarray], wanted: Sequence[str | None]) 
 def score_images(scorers: Scorers, images: list[np.ndarray], seconds: float, wanted: dict[str, Any]) -> dict:
     """Every figure of generated ``images`` against what was asked: ``wanted`` holds the ``real``
     images (for FID), the ``colours`` and ``categories`` asked for and the ``texts`` given."""
-    embeds = image_embeddings(scorers.model, images)  # one pass serves the category and the agreement
-    r = {
-        "colour_accuracy": colour_accuracy(images, wanted["colours"]),
-        "category_accuracy": round(
-            accuracy(scorers.reference.classify(scorers.model, images, embeds), wanted["categories"]), 2
-        ),
-        **agreement(scorers, images, wanted["texts"], embeds),
-        "seconds_per_image": round(seconds, 4),
-    }
+    r = {**judged(scorers, images, wanted), "seconds_per_image": round(seconds, 4)}
     r.update(fids(scorers, wanted["real"], images))
     return r
 
@@ -430,15 +426,7 @@ def asked_of(products: Sequence, texts: Sequence[str], hw: tuple[int, int]) -> d
 
 def real_image_ceiling(scorers: Scorers, asked: dict[str, Any]) -> dict[str, float]:
     """The measurements on the real images: the best a generator can score under them."""
-    real = asked["real"]
-    embeds = image_embeddings(scorers.model, real)
-    return {
-        "colour_accuracy": colour_accuracy(real, asked["colours"]),
-        "category_accuracy": round(
-            accuracy(scorers.reference.classify(scorers.model, real, embeds), asked["categories"]), 2
-        ),
-        **agreement(scorers, real, asked["texts"], embeds),
-    }
+    return judged(scorers, asked["real"], asked)
 
 
 def sweep_samplers(gen, states, mask, plan: SamplingPlan, sweep, text_result: dict, scorers: Scorers, asked) -> dict:

@@ -164,10 +164,10 @@ def itm_scores(
         order = np.argsort(model.tokenize(texts).attention_mask.sum(dim=1).cpu().numpy(), kind="stable")
     else:
         order = np.arange(len(texts))
-    by_length = [texts[i] for i in order]
+    ordered_texts = [texts[i] for i in order]
     feats = feats[torch.as_tensor(order)]
     logits = _in_batches(
-        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(by_length[a:b])),
+        lambda a, b: model.qformer.itm_logits(feats[a:b].float(), model.tokenize(ordered_texts[a:b])),
         len(texts),
         batch_size,
         bf16,
