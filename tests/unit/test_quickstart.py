@@ -154,10 +154,48 @@ def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):
     assert len(catalog) == 700 and catalog.manifest["caption_source"] == "data"
 
 
-def test_ablation_rows(quickstart, tmp_path, capsys):
+def test_ablation_rows_and_resume(quickstart, tmp_path, capsys, monkeypatch):
+    """The four rows, in a run stopped during its second evaluation and resumed: what was
+    finished (every training, the first row's figures) is kept, not done again."""
+    from unifashion.recipes import ablation
+    from unifashion.training import pipeline
+
     out = tmp_path / "ablation"
-    assert cli.main(["ablate", "--data", str(quickstart / "data"), "--out", str(out), "--size", "tiny", "--quiet"]) == 0
-    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    args = ["ablate", "--data", str(quickstart / "data"), "--out", str(out), "--size", "tiny", "--quiet"]
+    real_evaluate, evaluated = ablation._evaluate_row, []
+
+    def stopped_at_with_llm(model, *rest):
+        if model.name == "with_llm":
+            raise KeyboardInterrupt
+        return real_evaluate(model, *rest)
+
+    monkeypatch.setattr(ablation, "_evaluate_row", stopped_at_with_llm)
+    assert cli.main(args) == 130  # Ctrl-C
+    saved = json.loads((out / ablation.PROGRESS_FILE).read_text())
+    assert list(saved["trained"]) == ["phase1", "qformer_only", "with_llm", "with_diffusion", "full"]
+    assert list(saved["rows"]) == ["qformer_only"] and not (out / "ablation.json").exists()
+    assert not list(out.glob("*.init"))  # each row's starting copy goes once the row is trained
+
+    def counted(model, *rest):
+        evaluated.append(model.name)
+        return real_evaluate(model, *rest)
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished training ran again")
+
+    monkeypatch.setattr(ablation, "_evaluate_row", counted)
+    monkeypatch.setattr(pipeline, "train_pipeline", no_training)
+    # Another seed is other work: refused, naming what differs.
+    assert cli.main([*args, "--resume", "--seed", "1"]) == 1
+    assert "seed differ" in capsys.readouterr().err
+    assert cli.main([*args, "--resume"]) == 0
+    assert evaluated == ["with_llm", "with_diffusion", "full"]
+    result = json.loads((out / "ablation.json").read_text())
+    assert result["resumed"] and result["rows"]["qformer_only"] == {
+        **saved["rows"]["qformer_only"],
+        "train_seconds": saved["trained"]["qformer_only"]["seconds"],
+    }
+    rows = result["rows"]
     assert list(rows) == ["qformer_only", "with_llm", "with_diffusion", "full"]
     for row in rows.values():
         assert 0 <= row["cmr_mean_recall"] <= 100 and 0 <= row["cir_average_recall"] <= 100

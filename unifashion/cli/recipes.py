@@ -33,7 +33,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from unifashion.recipes.ablation import format_table, run_ablation
 
-    result = run_ablation(args.data, args.out, args.size, seed=args.seed, progress=not args.quiet)
+    result = run_ablation(args.data, args.out, args.size, seed=args.seed, resume=args.resume, progress=not args.quiet)
     print(format_table(result))
     print(f"({result['seconds'] / 60:.1f} min; every figure in {args.out}/ablation.json)")
     return 0
@@ -191,6 +191,11 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the four models and ablation.json")
     p.add_argument("--size", default="small", choices=tuple(SIZES), help="training length, as quickstart")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted ablation in --out: finished trainings and evaluations are kept",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
 

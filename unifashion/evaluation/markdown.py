@@ -188,10 +188,20 @@ def ablation_markdown(result: Mapping[str, Any], command: str) -> str:
     total = result.get("seconds")
     minutes = f"; {total / 60:.1f} min in all" if isinstance(total, int | float) else ""
     about = f"size `{result.get('size', '?')}`, split `{result.get('split', '?')}`{minutes}"
-    note = (
-        "Training minutes: the full row's are the whole pipeline, phase 1 included, which every other row "
-        "starts from; the other rows' are their own phase 2."
-    )
+    phase1 = result.get("phase1_seconds")
+    if isinstance(phase1, int | float):
+        note = (
+            f"Training minutes: each row's own phase 2; phase 1, which every row starts from, took "
+            f"{phase1 / 60:.1f} min."
+        )
+    else:  # an ablation.json of the earlier layout, whose full row ran the whole pipeline
+        note = (
+            "Training minutes: the full row's are the whole pipeline, phase 1 included, which every other row "
+            "starts from; the other rows' are their own phase 2."
+        )
+    if result.get("resumed"):
+        note += " The run was resumed: a stage it resumed counts from where it resumed."
+
     head_line = f"Printed by `{command}` from `{_shown(result.get('data', '?'))}` ({about})."
     return head_line + "\n\n" + table(head, body, decimals) + "\n\n" + note + "\n"
 

@@ -272,6 +272,8 @@ class Pipeline:
                 if not (source / CONFIG_FILE).is_file():
                     raise ConfigError(f"run.init_from: {source} is not a model folder (no config.json)")
                 shutil.copytree(source, self.model_dir, ignore=shutil.ignore_patterns(LOGS_FOLDER))
+            # Written before the first stage, so that a run killed inside it resumes from its checkpoint.
+            self._write_progress()
         self.acc.wait_for_everyone()
         self.log = LossLog(self.work / LOGS_FOLDER)
         self.runner = StageRunner(
@@ -293,13 +295,14 @@ class Pipeline:
         self.done.append(stage)
         self.summary[stage] = summary
         if self.main:
-            atomic_write_json(
-                self.progress_file, {"digest": self.cfg.digest(), "done": self.done, "summary": self.summary}
-            )
+            self._write_progress()
             shutil.rmtree(self.work / "checkpoint", ignore_errors=True)
             if self.on_stage_end is not None:
                 self.on_stage_end(stage, self.model_dir)
         self.acc.wait_for_everyone()
+
+    def _write_progress(self) -> None:
+        atomic_write_json(self.progress_file, {"digest": self.cfg.digest(), "done": self.done, "summary": self.summary})
 
     def skip(self, name: str, reason: str) -> None:
         """Stage ``name`` cannot run on this data: said in the summary and on the terminal, nothing trained."""

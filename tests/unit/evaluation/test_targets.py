@@ -257,6 +257,13 @@ def test_the_report_command_prints_an_ablation_table_against_the_q_former_only_r
     assert "+ LLM" in capsys.readouterr().out
     assert cli.main(["report", str(out), "--spread-from", str(out)]) == 1
     assert "ablation" in capsys.readouterr().err
+    # Today's layout: every row's minutes are its own phase 2, phase 1's are said once.
+    layout = {"data": "d", "size": "full", "split": "val", "rows": rows, "phase1_seconds": 600.0, "resumed": True}
+    (out / "ablation.json").write_text(json.dumps(layout))
+    assert cli.main(["report", str(out), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "each row's own phase 2; phase 1, which every row starts from, took 10.0 min." in text
+    assert "The run was resumed" in text and "the full row's are the whole pipeline" not in text
     (out / "ablation.json").write_text(json.dumps({"rows": "none"}))
     assert cli.main(["report", str(out)]) == 1
     assert "ablation.json" in capsys.readouterr().err

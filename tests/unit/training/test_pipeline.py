@@ -364,6 +364,13 @@ _STALLING_TRAIN = textwrap.dedent(
         sys.stdout.flush()
         time.sleep(600)
 
+    real_load = runner.StageRunner._load
+    def _load(self, stage, *args, **kwargs):  # says on stderr where a resumed stage continues
+        step = real_load(self, stage, *args, **kwargs)
+        sys.stderr.write(f"@@resumed {stage.name} at step {step}@@\\n")
+        return step
+    runner.StageRunner._load = _load
+
     if point.startswith("checkpoint of "):  # a checkpoint of this stage complete on disk, mid-stage
         real_save = runner.StageRunner._save
         def _save(self, stage, *args, **kwargs):
@@ -448,17 +455,23 @@ def test_resume_after_sigkill_at_every_kind_of_point_continues_exactly(tmp_path,
 
     killed = tmp_path / "killed"
     work = tmp_path / "killed.work"
+    resumed = tmp_path / "stderr.txt"  # each run's stderr: where a resumed stage continued
     _train_until("checkpoint of phase1a", config, killed, resume=False)
     assert json.loads((work / "checkpoint" / "state.json").read_text())["stage"] == "phase1a"
+    # Killed inside the first stage, before any stage was done: the run still resumes from its checkpoint.
+    assert json.loads((work / "progress.json").read_text())["done"] == []
     _train_until("after phase1b_caption", config, killed, resume=True)
+    assert "@@resumed phase1a at step 3@@" in resumed.read_text()
     assert json.loads((work / "progress.json").read_text())["done"] == ["phase1a", "phase1b_caption"]
     assert not (work / "checkpoint").exists()
     # This process writes the VAE's checkpoint (1st), then the U-Net's at steps 3 (2nd) and 6 (3rd):
     # killed inside the 3rd, the U-Net's step-3 checkpoint is what resume finds.
     _train_until("writing checkpoint 3", config, killed, resume=True)
+    assert "@@resumed" not in resumed.read_text()  # it started the VAE stage afresh
     state = json.loads((work / "checkpoint" / "state.json").read_text())
     assert (state["stage"], state["step"]) == ("phase1b_text2image", 3)
     _train_until("checkpoint of phase2", config, killed, resume=True)
+    assert "@@resumed phase1b_text2image at step 3@@" in resumed.read_text()
     assert json.loads((work / "checkpoint" / "state.json").read_text())["stage"] == "phase2"
     done = subprocess.run(
         _unifashion("train", "--config", str(config), "--out", str(killed), "--resume"), capture_output=True, text=True
