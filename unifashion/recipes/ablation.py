@@ -76,6 +76,9 @@ def run_ablation(
     phase1 = replace(cfg, run=replace(cfg.run, stages=phase1_stages))
     state = _Progress(out / PROGRESS_FILE, {"data": str(data), "size": size, "seed": seed, "digest": cfg.digest()})
     state.start(resume)
+    if state.resumed and progress:
+        kept = ", ".join(state.trained) or "nothing"
+        print(f"[ablate] resuming {out}: trained {kept}; evaluated {', '.join(state.rows) or 'nothing'}", flush=True)
     before_phase2 = out / "before_phase2"
 
     if "phase1" not in state.trained:
