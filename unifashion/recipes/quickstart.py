@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unifashion.checkpoint import CONFIG_FILE, LOGS_FOLDER
+from unifashion.checkpoint import LOGS_FOLDER
 from unifashion.evaluation.targets import cir_margin, evaluate_targets
 from unifashion.utils.errors import ConfigError
 from unifashion.utils.io import atomic_write_json
@@ -152,7 +152,7 @@ def run_quickstart(
     data, model = out / "data", out / "model"
     clock.run("data", lambda: _write_data(data, spec, seed, progress))
 
-    from unifashion.training.pipeline import train_pipeline
+    from unifashion.training.pipeline import finished_summary, train_pipeline
 
     cfg = training_config(data, spec, train_seed, progress)
     stage_copies = out / "stages"
@@ -162,9 +162,8 @@ def run_quickstart(
             shutil.rmtree(stage_copies / "phase1a", ignore_errors=True)
             shutil.copytree(folder, stage_copies / "phase1a")
 
-    if resume and _trained_with(model, cfg):
-        summary = json.loads((model / CONFIG_FILE).read_text(encoding="utf-8"))["training"]["pipeline"]["summary"]
-    else:
+    summary = finished_summary(model, cfg) if resume else None
+    if summary is None:
         work_exists = (out / "model.work" / "progress.json").is_file()
         summary = clock.run(
             "training",
@@ -202,17 +201,6 @@ def run_quickstart(
 
     render_report(report, out)
     return report
-
-
-def _trained_with(model: Path, cfg) -> bool:
-    """Whether ``model`` is a finished run of the pipeline config ``cfg``."""
-    from unifashion.config import to_dict
-
-    path = model / CONFIG_FILE
-    if not path.is_file():
-        return False
-    done = json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("pipeline", {})
-    return done.get("config") == to_dict(cfg.seeded())
 
 
 def _write_data(folder: Path, spec: QuickstartSize, seed: int, progress: bool) -> dict[str, Any]:

@@ -326,6 +326,18 @@ def trainable_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def finished_summary(model: str | os.PathLike, cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The training summary of ``model`` when it is a finished run of ``cfg`` (the whole config
+    compared, seed included), else None: how a resumed recipe knows a model it need not train again."""
+    path = Path(model) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("pipeline", {})
+    if done.get("config") != to_dict(cfg.seeded()):
+        return None
+    return done.get("summary")
+
+
 def train_pipeline(
     cfg: PipelineConfig, out: str | os.PathLike, *, resume: bool = False, accelerator=None, on_stage_end=None
 ) -> dict[str, Any]:
