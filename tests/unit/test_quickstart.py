@@ -157,12 +157,14 @@ def test_quickstart_keeps_its_data_and_the_model_loads(quickstart):
 def test_ablation_rows_and_resume(quickstart, tmp_path, capsys, monkeypatch):
     """The four rows, in a run stopped during its second evaluation and resumed: what was
     finished (every training, the first row's figures) is kept, not done again."""
+    from unifashion.evaluation import generation
     from unifashion.recipes import ablation
     from unifashion.training import pipeline
 
     out = tmp_path / "ablation"
     args = ["ablate", "--data", str(quickstart / "data"), "--out", str(out), "--size", "tiny", "--quiet"]
     real_evaluate, evaluated = ablation._evaluate_row, []
+    real_train = pipeline.train_pipeline
 
     def stopped_at_with_llm(model, *rest):
         if model.name == "with_llm":
@@ -170,6 +172,8 @@ def test_ablation_rows_and_resume(quickstart, tmp_path, capsys, monkeypatch):
         return real_evaluate(model, *rest)
 
     monkeypatch.setattr(ablation, "_evaluate_row", stopped_at_with_llm)
+    # A row's generation figure is its text prompts' fid: no composed requests are generated for it.
+    monkeypatch.setattr(generation, "evaluate_composed", lambda *a: pytest.fail("composed requests generated"))
     assert cli.main(args) == 130  # Ctrl-C
     saved = json.loads((out / ablation.PROGRESS_FILE).read_text())
     assert list(saved["trained"]) == ["phase1", "qformer_only", "with_llm", "with_diffusion", "full"]
@@ -192,6 +196,7 @@ def test_ablation_rows_and_resume(quickstart, tmp_path, capsys, monkeypatch):
     assert evaluated == ["with_llm", "with_diffusion", "full"]
     result = json.loads((out / "ablation.json").read_text())
     assert result["resumed"] and result["rows"]["qformer_only"] == {
+        "label": "Q-Former only",
         **saved["rows"]["qformer_only"],
         "train_seconds": saved["trained"]["qformer_only"]["seconds"],
     }
@@ -215,3 +220,41 @@ def test_ablation_rows_and_resume(quickstart, tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     full = rows["full"]
     assert f"| full (LLM + diffusion) | {full['cmr_mean_recall']:.2f} | {full['cir_average_recall']:.2f} |" in text
+
+    # A second seed extends the finished ablation: only its four phase 2 runs and evaluations run,
+    # and every figure becomes the mean of the two seeds with their range.
+    trained = []
+
+    def counted_training(cfg, model, **kwargs):
+        trained.append((model.name, cfg.run.seed))
+        return real_train(cfg, model, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_pipeline", counted_training)
+    evaluated.clear()
+    assert cli.main([*args, "--resume", "--seeds", "0", "1"]) == 0
+    assert trained == [(f"{name}.seed1", 1) for name in rows]
+    assert evaluated == [f"{name}.seed1" for name in rows]
+    two = json.loads((out / "ablation.json").read_text())
+    assert two["seeds"] == [0, 1] and two["phase1_seconds"] == result["phase1_seconds"]
+    for name, row in two["rows"].items():
+        assert {k: v for k, v in row["seeds"]["0"].items() if k in ablation.FIGURES} == {
+            k: v for k, v in rows[name].items() if k in ablation.FIGURES
+        }
+        for figure in ablation.FIGURES:
+            values = [row["seeds"][s].get(figure) for s in ("0", "1")]
+            if values[0] is None:
+                assert figure not in row and values[1] is None
+                continue
+            assert row[figure] == pytest.approx(sum(values) / 2)
+            assert row["range"][figure] == [min(values), max(values)]
+    # The second seed is its own phase 2 from the same phase-1 model.
+    assert (out / "full.seed1" / "qformer.safetensors").read_bytes() != q["full"]
+    capsys.readouterr()
+    assert cli.main(["report", str(out), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    full, span = two["rows"]["full"], two["rows"]["full"]["range"]["cmr_mean_recall"]
+    assert f"| full (LLM + diffusion) | {full['cmr_mean_recall']:.2f} ({span[0]:.2f}-{span[1]:.2f}) |" in text
+    assert "mean over phase-2 seeds 0, 1" in text
+    # Seeds must differ.
+    assert cli.main([*args, "--resume", "--seeds", "0", "0"]) == 1
+    assert "--seeds: expected one or more different seeds" in capsys.readouterr().err

@@ -33,10 +33,17 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from unifashion.recipes.ablation import format_table, run_ablation
 
-    result = run_ablation(args.data, args.out, args.size, seed=args.seed, resume=args.resume, progress=not args.quiet)
+    result = run_ablation(args.data, args.out, args.size, seeds=args.seeds, resume=args.resume, progress=not args.quiet)
     print(format_table(result))
     print(f"({result['seconds'] / 60:.1f} min; every figure in {args.out}/ablation.json)")
     return 0
+
+
+class _one_seed(argparse.Action):
+    """``--seed N``: the same as ``--seeds N``."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, [value])
 
 
 def _read_json(file, what: str) -> object:
@@ -153,7 +160,10 @@ def _report_ablation(args: argparse.Namespace, result: dict) -> int:
     from unifashion.utils.errors import ConfigError
 
     if args.spread_from:
-        raise ConfigError(f"--spread-from: {args.run} is an ablation (one seed), not a quickstart run")
+        raise ConfigError(
+            f"--spread-from: {args.run} is an ablation, not a quickstart run (an ablation measures its spread "
+            "with --seeds)"
+        )
     if args.json:
         print(json.dumps(result, indent=1))
     elif args.markdown or args.into:
@@ -190,11 +200,22 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder (e.g. the quickstart's DIR/data)")
     p.add_argument("--out", required=True, help="folder for the four models and ablation.json")
     p.add_argument("--size", default="small", choices=tuple(SIZES), help="training length, as quickstart")
-    p.add_argument("--seed", type=int, default=0)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="SEED",
+        help="phase 1 runs once with the first seed; every row runs phase 2 once per seed and reads the mean, "
+        "with the range beside it (default: 0)",
+    )
+    seeds.add_argument("--seed", type=int, dest="seeds", action=_one_seed, help="the same as --seeds SEED")
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted ablation in --out: finished trainings and evaluations are kept",
+        help="continue an interrupted ablation in --out: finished trainings and evaluations are kept; "
+        "a finished one resumed with more --seeds trains and evaluates only the new seeds",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)

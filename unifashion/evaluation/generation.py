@@ -225,6 +225,8 @@ class GenerationEvalConfig:
     guidance_scale: float | None = None
     # Samplers compared side by side: (name, steps).
     sampler_sweep: tuple[tuple[str, int], ...] = (("plms", 50), ("ddim", 20), ("dpm++", 20))
+    # The text head's composed requests (reference image + guidance text) and their text-only twin.
+    composed: bool = True
     batch_size: int = 32
     seed: int = 0
     bf16: bool = False
@@ -504,7 +506,7 @@ def evaluate_text_head(folder: Path, data, by_id: dict, scorers: Scorers, cache,
     products = text_prompt_products(data.products, cfg.limit)
     out, text_rows = evaluate_text_to_image(gen, plan, products, scorers, cfg.sampler_sweep)
     trips = [t for t in data.triplets if t.target in by_id and t.reference in by_id and t.captions][: cfg.limit]
-    if trips:
+    if trips and cfg.composed:
         out.update(evaluate_composed(gen, plan, trips, by_id, scorers, cache, samples_dir))
     if samples_dir:
         _grid(samples_dir / "text.png", text_rows)

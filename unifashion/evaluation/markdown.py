@@ -165,11 +165,19 @@ def _shown(path: str) -> str:
 
 def ablation_markdown(result: Mapping[str, Any], command: str) -> str:
     """The paper's Table 5 from an ``ablation.json`` (``unifashion ablate``), with each row's
-    composed average recall measured against the Q-Former-only row and its training minutes."""
+    composed average recall measured against the Q-Former-only row and its training minutes.
+    A run of several seeds shows each figure's mean with its range (lowest-highest) beside it."""
     rows = result.get("rows")
     if not isinstance(rows, Mapping) or not rows:
         raise ConfigError("ablation.json: no 'rows' (expected the file written by unifashion ablate)")
     base = _get(rows, "qformer_only", "cir_average_recall")
+
+    def figure(row: Mapping[str, Any], key: str, decimals: int) -> Any:
+        value, span = row.get(key), _get(row, "range", key)
+        if isinstance(value, int | float) and isinstance(span, Sequence) and len(span) == 2:
+            return f"{value:.{decimals}f} ({span[0]:.{decimals}f}-{span[1]:.{decimals}f})"
+        return value
+
     body = []
     for row in rows.values():
         cir = row.get("cir_average_recall")
@@ -178,7 +186,7 @@ def ablation_markdown(result: Mapping[str, Any], command: str) -> str:
         body.append(
             [
                 row.get("label", "?"),
-                *(row.get(key) for _, key, _ in ABLATION_COLUMNS),
+                *(figure(row, key, decimals) for _, key, decimals in ABLATION_COLUMNS),
                 delta,
                 seconds / 60 if isinstance(seconds, int | float) else None,
             ]
@@ -188,22 +196,31 @@ def ablation_markdown(result: Mapping[str, Any], command: str) -> str:
     total = result.get("seconds")
     minutes = f"; {total / 60:.1f} min in all" if isinstance(total, int | float) else ""
     about = f"size `{result.get('size', '?')}`, split `{result.get('split', '?')}`{minutes}"
+    notes = []
+    seeds = result.get("seeds")
+    if isinstance(seeds, Sequence) and len(seeds) > 1:
+        notes.append(
+            f"Each figure is the mean over phase-2 seeds {', '.join(map(str, seeds))}, its lowest-highest in "
+            f'brackets; phase 1 ran once, with seed {seeds[0]}. "CIR vs Q-Former only" compares the means: a '
+            "difference inside the rows' ranges does not tell the rows apart."
+        )
     phase1 = result.get("phase1_seconds")
     if isinstance(phase1, int | float):
-        note = (
-            f"Training minutes: each row's own phase 2; phase 1, which every row starts from, took "
+        per_seed = " (the mean over seeds)" if notes else ""
+        notes.append(
+            f"Training minutes: each row's own phase 2{per_seed}; phase 1, which every row starts from, took "
             f"{phase1 / 60:.1f} min."
         )
     else:  # an ablation.json of the earlier layout, whose full row ran the whole pipeline
-        note = (
+        notes.append(
             "Training minutes: the full row's are the whole pipeline, phase 1 included, which every other row "
             "starts from; the other rows' are their own phase 2."
         )
     if result.get("resumed"):
-        note += " The run was resumed: a stage it resumed counts from where it resumed."
+        notes.append("The run was resumed: a stage it resumed counts from where it resumed.")
 
     head_line = f"Printed by `{command}` from `{_shown(result.get('data', '?'))}` ({about})."
-    return head_line + "\n\n" + table(head, body, decimals) + "\n\n" + note + "\n"
+    return head_line + "\n\n" + table(head, body, decimals) + "\n\n" + " ".join(notes) + "\n"
 
 
 BLOCK_BEGIN = "<!-- report: begin"

@@ -46,35 +46,52 @@ def mean_recall(r100: dict[str, Any]) -> float | None:
     return sum(values) / len(values)
 
 
+FIGURES = ("cmr_mean_recall", "cir_average_recall", "caption_bleu4", "generation_fid_effnet")
+
+
 def run_ablation(
     data: str | Path,
     out: str | Path,
     size: str = "small",
     *,
-    seed: int = 0,
+    seeds: tuple[int, ...] | list[int] = (0,),
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the four rows and evaluate them on ``val`` (see the module docstring); writes
     ``OUT/ablation.json`` and returns it.
 
-    Every finished piece (phase 1, each row's phase 2, each row's evaluation) is recorded in
+    Phase 1 runs once, seeded by ``seeds[0]``; every row runs phase 2 once per seed (the first
+    seed's in ``OUT/NAME``, the others' in ``OUT/NAME.seedS``). A row's figures are the mean over
+    the seeds, with each seed's figures and their range beside them: phase 2 alone moves a row by
+    several points, so one seed per row cannot tell the rows apart.
+
+    Every finished piece (phase 1, each phase 2, each evaluation) is recorded in
     ``OUT/ablation.progress.json``; with ``resume`` a run continues where it stopped: finished
-    pieces are kept and an interrupted training resumes from its last checkpoint."""
+    pieces are kept, an interrupted training resumes from its last checkpoint, and a finished run
+    resumed with more seeds trains and evaluates only the new ones."""
     from unifashion.recipes.quickstart import SIZES, training_config
-    from unifashion.training.pipeline import train_pipeline
+    from unifashion.training.pipeline import finished_summary, train_pipeline
 
     if size not in SIZES:
         raise ConfigError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected one or more different seeds, got {list(seeds)}")
     spec = SIZES[size]
     # Absolute paths: a resumed run must name the same folders whatever its working directory.
     data, out = Path(data).resolve(), Path(out).resolve()
-    cfg = training_config(data, spec, seed, progress)
-    tasks = tuple(t for t in cfg.generation.tasks if t == "text2image")  # the table scores text -> image only
-    cfg = replace(cfg, generation=replace(cfg.generation, tasks=tasks))
-    phase1_stages = ("phase1a", "phase1b_caption", "phase1b_vae", *(f"phase1b_{t}" for t in tasks))
+
+    def config(seed: int):
+        cfg = training_config(data, spec, seed, progress)
+        tasks = tuple(t for t in cfg.generation.tasks if t == "text2image")  # the table scores text -> image only
+        return replace(cfg, generation=replace(cfg.generation, tasks=tasks))
+
+    cfg = config(seeds[0])
+    phase1_stages = ("phase1a", "phase1b_caption", "phase1b_vae", *(f"phase1b_{t}" for t in cfg.generation.tasks))
     phase1 = replace(cfg, run=replace(cfg.run, stages=phase1_stages))
-    state = _Progress(out / PROGRESS_FILE, {"data": str(data), "size": size, "seed": seed, "digest": cfg.digest()})
+    settings = {"data": str(data), "size": size, "seed": seeds[0], "digest": cfg.digest()}
+    state = _Progress(out / PROGRESS_FILE, settings)
     state.start(resume)
     if state.resumed and progress:
         kept = ", ".join(state.trained) or "nothing"
@@ -82,42 +99,44 @@ def run_ablation(
     before_phase2 = out / "before_phase2"
 
     if "phase1" not in state.trained:
-        summary = _finished(before_phase2, phase1) if resume else None
+        summary = finished_summary(before_phase2, phase1) if resume else None
         state.record_training("phase1", summary or train_pipeline(phase1, before_phase2, resume=resume))
-    for name, (_, drop) in ROWS.items():
-        if name in state.trained:
+    pieces = [(piece_name(name, seed, seeds[0]), name, seed) for seed in seeds for name in ROWS]
+    for key, name, seed in pieces:
+        if key in state.trained:
             continue
-        start = out / f"{name}.init"
-        row_cfg = replace(cfg, run=replace(cfg.run, init_from=str(start), stages=("phase2",)))
-        summary = _finished(out / name, row_cfg) if resume else None
+        start = out / f"{key}.init"
+        seeded = cfg if seed == seeds[0] else config(seed)
+        row_cfg = replace(seeded, run=replace(seeded.run, init_from=str(start), stages=("phase2",)))
+        summary = finished_summary(out / key, row_cfg) if resume else None
         if summary is None:
             if not resume or not (start / CONFIG_FILE).is_file():
-                without_heads(before_phase2, start, drop)
-            summary = train_pipeline(row_cfg, out / name, resume=resume)
-        state.record_training(name, summary)
+                without_heads(before_phase2, start, ROWS[name][1])
+            summary = train_pipeline(row_cfg, out / key, resume=resume)
+        state.record_training(key, summary)
         shutil.rmtree(start, ignore_errors=True)
 
-    for name, (label, drop) in ROWS.items():
-        if name not in state.rows:
+    for key, name, _ in pieces:
+        if key not in state.rows:
             t0 = time.perf_counter()
-            row = {"label": label, **_evaluate_row(out / name, data, spec, drop, progress)}
+            row = _evaluate_row(out / key, data, spec, ROWS[name][1], progress)
             row["eval_seconds"] = round(time.perf_counter() - t0, 1)
-            state.record_row(name, row)
-    rows = {
-        name: {**state.rows[name], "train_seconds": state.trained[name]["seconds"]}
-        for name in ROWS  # the table's order, whatever order a resumed run finished them in
-    }
+            state.record_row(key, row)
+    keys = [key for key, _, _ in pieces]
     result = {
         "data": str(data),
         "size": size,
         "split": "val",
-        "seed": seed,
-        "rows": rows,
+        "seed": seeds[0],
+        "seeds": list(seeds),
+        "rows": {name: _row(name, seeds, state) for name in ROWS},  # the table's order, whatever order pieces ran in
         "phase1_seconds": state.trained["phase1"]["seconds"],
         # Training and evaluation seconds of every piece; a piece that resumed a stage counts that
         # stage from where it resumed, so an interrupted run reads a little short.
         "seconds": round(
-            sum(t["seconds"] for t in state.trained.values()) + sum(r["eval_seconds"] for r in rows.values()), 1
+            state.trained["phase1"]["seconds"]
+            + sum(state.trained[k]["seconds"] + state.rows[k]["eval_seconds"] for k in keys),
+            1,
         ),
         "resumed": state.resumed,
     }
@@ -128,15 +147,32 @@ def run_ablation(
 PROGRESS_FILE = "ablation.progress.json"
 
 
-def _finished(model: Path, cfg) -> dict[str, Any] | None:
-    """The training summary of ``model`` when it is a finished run of the pipeline config ``cfg``."""
-    from unifashion.config import to_dict
+def piece_name(row: str, seed: int, first_seed: int) -> str:
+    """The folder (and progress key) of one row's phase 2 under ``seed``. The first seed's keeps the
+    row's plain name, so a one-seed run reads as before and can be resumed with more seeds."""
+    return row if seed == first_seed else f"{row}.seed{seed}"
 
-    path = model / CONFIG_FILE
-    if not path.is_file():
-        return None
-    done = json.loads(path.read_text(encoding="utf-8")).get("training", {}).get("pipeline", {})
-    return done.get("summary") if done.get("config") == to_dict(cfg.seeded()) else None
+
+def _row(name: str, seeds: tuple[int, ...], state: _Progress) -> dict[str, Any]:
+    """One row of the table: each figure's mean over the seeds; with several seeds, each seed's
+    figures and each figure's range as well."""
+    per_seed = {}
+    for seed in seeds:
+        key = piece_name(name, seed, seeds[0])
+        per_seed[str(seed)] = {**state.rows[key], "train_seconds": state.trained[key]["seconds"]}
+    row: dict[str, Any] = {"label": ROWS[name][0]}
+    for figure in FIGURES:
+        values = [v[figure] for v in per_seed.values() if isinstance(v.get(figure), int | float)]
+        if values:
+            row[figure] = sum(values) / len(values)
+            if len(seeds) > 1:
+                row.setdefault("range", {})[figure] = [min(values), max(values)]
+    # Minutes of one phase 2 (the mean over seeds) and of every evaluation of the row.
+    row["train_seconds"] = round(sum(v["train_seconds"] for v in per_seed.values()) / len(seeds), 1)
+    row["eval_seconds"] = round(sum(v["eval_seconds"] for v in per_seed.values()), 1)
+    if len(seeds) > 1:
+        row["seeds"] = per_seed
+    return row
 
 
 class _Progress:
@@ -156,7 +192,7 @@ class _Progress:
                 differ = sorted(k for k in self.settings if was.get(k) != self.settings[k])
                 raise ConfigError(
                     f"{self.path}: this ablation was started with other settings ({', '.join(differ)} differ); "
-                    "resume it with the same --data, --size and --seed, or start afresh without --resume"
+                    "resume it with the same --data, --size and first of --seeds, or start afresh without --resume"
                 )
             self.trained, self.rows = saved["trained"], saved["rows"]
             self.resumed = True
@@ -207,18 +243,26 @@ def _evaluate_row(model: Path, data: Path, spec, drop: tuple[str, ...], progress
         )
         row["caption_bleu4"] = c["splits"]["val"]["styles"]["description"]["model"]["BLEU-4"]
     if "text2image" not in drop:
-        gcfg = GenerationEvalConfig(limit=spec.generation_limit, sampler_sweep=())
+        # The text prompts only: no sampler sweep and no composed requests, which the table does not read.
+        gcfg = GenerationEvalConfig(limit=spec.generation_limit, sampler_sweep=(), composed=False)
         g = evaluate_generation(model, data, ["val"], gcfg, progress=progress)["splits"]["val"]
         row["generation_fid_effnet"] = g["text"]["fid_effnet"]
     return row
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The rows as a plain-text table."""
-    cols = ("cmr_mean_recall", "cir_average_recall", "caption_bleu4", "generation_fid_effnet")
-    head = f"{'model':<24}" + "".join(f"{c:>22}" for c in cols)
-    lines = [head]
+    """The rows as a plain-text table; with several seeds a figure is the mean, its range beside it."""
+    lines = [f"{'model':<24}" + "".join(f"{c:>30}" for c in FIGURES)]
     for row in result["rows"].values():
-        cells = "".join(f"{row[c]:>22.2f}" if isinstance(row.get(c), float) else f"{'-':>22}" for c in cols)
+        cells = ""
+        for c in FIGURES:
+            value, span = row.get(c), row.get("range", {}).get(c)
+            text = f"{value:.2f}" if isinstance(value, int | float) else "-"
+            if span:
+                text += f" ({span[0]:.2f}-{span[1]:.2f})"
+            cells += f"{text:>30}"
         lines.append(f"{row['label']:<24}{cells}")
+    seeds = result.get("seeds", [])
+    if len(seeds) > 1:
+        lines.append(f"(mean over phase-2 seeds {', '.join(map(str, seeds))}; lowest-highest in brackets)")
     return "\n".join(lines)
