@@ -9,7 +9,8 @@
 
 ``small`` (the default) took 12.7 minutes on 2 cores of a CPU without native bf16 (fp32), where
 bf16 CPUs run about 2-3 times as fast; ``full`` is the size at which the quality targets are judged
-(54-60 minutes on a CPU with native bf16, about 2-2.5 hours without by its per-step times).
+(54-60 minutes on a CPU with native bf16; about 1 hour 50 minutes estimated on an Intel Xeon without,
+from its measured phase-1 stage times, which ran 2.0 times as long).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ SIZES = {
     ),
     # The size at which the quality targets are judged. Its step counts were set from per-step costs
     # to fit 90 minutes on 2 CPU cores; run end to end it took 54-60 minutes on a CPU with native bf16,
-    # and its per-step times put it at about 2-2.5 hours on one without (README, "The main job").
+    # and its phase-1 stage times on an Intel Xeon without it (2.0x) put it at about 1 hour 50 minutes
+    # there (README, "The main job"; an estimate: the whole run has not been timed on such a CPU).
     "full": QuickstartSize(
         products=8000,
         image_size=128,
