@@ -79,6 +79,10 @@ def qformer_figures(model, val, cache) -> dict:
         "composed_margin": round(cir["margin_over_best_baseline"], 2),
         "r1_i2t": round(itc["i2t"]["R@1"], 1) if itc else None,
         "r1_t2i": round(itc["t2i"]["R@1"], 1) if itc else None,
+        # mean of R@1/5/10 both ways: the ablation's column (README, ablation)
+        "mean_recall": round(sum(itc[d][k] for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10")) / 6, 2)
+        if itc
+        else None,
     }
 
 
@@ -149,14 +153,14 @@ def main() -> None:
     print()
     print(
         "| variant | training min | CIDEr / NN | attributes correct / NN | composed avg | margin over best baseline "
-        "| random-100 R@1 i2t / t2i |"
+        "| random-100 R@1 i2t / t2i | mean recall |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['variant']} | {r.get('train_minutes', '-')} | {r['cider']} / {r['cider_nn']} | "
             f"{r['attributes']} / {r['attributes_nn']} | {r['composed_avg']} | {r['composed_margin']} | "
-            f"{r['r1_i2t']} / {r['r1_t2i']} |"
+            f"{r['r1_i2t']} / {r['r1_t2i']} | {r['mean_recall']} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")

@@ -161,7 +161,7 @@ def train_phase2(
     """Train with L_cir (+ the ``heads`` terms, see ``Phase2Stage``) for ``cfg.phase2_epochs`` epochs;
     returns the last losses."""
     batch, total = steps_for(len(items), cfg.batch_size, cfg.phase2_epochs)
-    optim = OptimConfig.of(cfg)
+    optim = OptimConfig.of(cfg, lr=cfg.phase2_lr)
     return run_stage(
         lambda: Phase2Stage(model, items, table, cfg, batch, total, **heads),
         optim,

@@ -488,7 +488,8 @@ def test_resume_after_sigkill_at_every_kind_of_point_continues_exactly(tmp_path,
 def test_optimiser_betas_eps_and_schedule_come_from_the_config(tmp_path, data, monkeypatch):
     """Each section's adam_betas, adam_eps and lr_schedule reach the optimiser of its stages (the
     paper's recipe: 0.9/0.99, cosine for the Q-Former and LLM, constant for the U-Nets); the
-    logged rate of a constant stage stays at its peak; bad betas are named."""
+    logged rate of a constant stage stays at its peak; phase 2 peaks at ``phase2_lr`` where it is
+    set; bad betas are named."""
     from unifashion.training import runner
 
     seen = {}
@@ -496,6 +497,7 @@ def test_optimiser_betas_eps_and_schedule_come_from_the_config(tmp_path, data, m
 
     def adamw(named, lr, weight_decay, betas, eps):
         seen.setdefault("opt", []).append((tuple(betas), eps))
+        seen.setdefault("lr", []).append(lr)
         return real_adamw(named, lr, weight_decay, betas, eps)
 
     def schedule(optimizer, total, warmup, kind):
@@ -506,7 +508,9 @@ def test_optimiser_betas_eps_and_schedule_come_from_the_config(tmp_path, data, m
     monkeypatch.setattr(runner, "cosine_with_warmup", schedule)
     config = write_config(tmp_path, data, tasks=("text2image",), steps=6, checkpoint_every=0)
     text = config.read_text()
-    text = text.replace("[retrieval]\n", "[retrieval]\nadam_betas = [0.9, 0.99]\nadam_eps = 1e-8\n")
+    text = text.replace(
+        "[retrieval]\n", "[retrieval]\nadam_betas = [0.9, 0.99]\nadam_eps = 1e-8\nlr = 3e-4\nphase2_lr = 5e-5\n"
+    )
     text = text.replace("[captioning]\n", "[captioning]\nadam_betas = [0.9, 0.99]\n")
     text = text.replace(
         "[generation]\n", '[generation]\nadam_betas = [0.9, 0.99]\nlr_schedule = "constant"\nwarmup_ratio = 0.0\n'
@@ -519,6 +523,7 @@ def test_optimiser_betas_eps_and_schedule_come_from_the_config(tmp_path, data, m
     ]
     # The VAE (trained here only for tiny/mini; the paper loads Stable Diffusion's) keeps its cosine.
     assert seen["kind"] == ["cosine", "cosine", "cosine", "constant", "cosine"]
+    assert (seen["lr"][0], seen["lr"][-1]) == (3e-4, 5e-5)
     with open(tmp_path / "m" / "logs" / "losses_phase1b_text2image.csv") as f:
         assert {float(r["lr"]) for r in csv.DictReader(f)} == {4e-4}
     config.write_text(text.replace("adam_betas = [0.9, 0.99]\nadam_eps", "adam_betas = [0.9, 1.5]\nadam_eps"))
