@@ -216,8 +216,8 @@ class RetrievalTrainingConfig:
     # weight 1 -> random-100 R@1 84.8 / 81.1, weight 3 -> 87.6 / 85.6, with
     # composed retrieval 97.6 and 97.9 (README, retrieval section).
     phase2_pair_itc_weight: float = 3.0
-    # Phase 2's peak rate; None: ``lr``. Phase 2 starts from a trained Q-Former, and at ``lr`` it
-    # lands in one of two places by seed (README, ablation; ``benchmarks/phase2_levers.py``).
+    # Phase 2's peak rate; None: ``lr``. 1e-4 measured against 3e-4 from one phase-1 model: 1.5-2.5
+    # points less composed recall, the same cross-modal recall (README, "Where phase 2 lands").
     phase2_lr: float | None = None
     log_every: int = 10
     # AdamW's betas and eps, and the rate after the warm-up: "cosine" decay to zero or "constant"
