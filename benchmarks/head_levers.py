@@ -9,7 +9,14 @@ MODEL is a checkpoint with a VAE (a quickstart's ``model/``); each variant train
 ``--task`` on its Q-Former and VAE, from the same seed, with the fields of GenerationTrainingConfig
 that the variant sets (``NAME:KEY=VALUE,KEY=VALUE``; values in TOML syntax; ``diffusion.KEY`` sets a
 field of the head's DiffusionConfig, e.g. ``diffusion.prediction_type="v_prediction"``). Several ``--steps``
-give a curve (one run per length, each with its own schedule). Measured on ``--split``:
+give a curve (one run per length, each with its own schedule); ``--eval-at`` measures one run on the way
+instead (its EMA weights at those steps: with ``lr_schedule="constant"`` each point is what a run of
+that length would give, because a constant-rate run is the prefix of a longer one):
+
+    python benchmarks/head_levers.py --model MODEL --data DIR --task tryon --steps 3000 --eval-at 250,500,1000,2000 \\
+        --variant 'queries only:lr_schedule="constant"'
+
+Measured on ``--split``:
 
 - text2image: garment colour accuracy of the first ``--limit`` captioned products' first captions;
 - tryon / design: garment colour inside the mask, paired and unpaired, ``--limit`` samples each;
@@ -38,8 +45,9 @@ from unifashion.models.generator import Generator, to_pixels
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.pipelines.generation import fit_image, paste_back, sample_inputs, text_condition
 from unifashion.training import phase1
-from unifashion.training.data import inpaint_data, person_hw, product_hw, text2image_data
+from unifashion.training.data import head_batches, inpaint_data, person_hw, product_hw, text2image_data
 from unifashion.training.loop import LossLog, seed_everything
+from unifashion.training.runner import OptimConfig, run_stage
 
 
 def variant(text: str) -> tuple[str, dict]:
@@ -94,6 +102,60 @@ def measure_person(model, gen, samples, by_id, cache, sheets: Path | None) -> di
     return out
 
 
+class CurveStage(phase1.UNetStage):
+    """The U-Net stage of ``phase1.train_head`` that also measures its EMA weights after each step
+    count in ``at`` (below its last step), then goes on training from the weights it had. Each point
+    is (steps, figures, seconds of training so far, measuring not counted)."""
+
+    def __init__(self, generator, draw, cfg, total_steps: int, at: set[int], measure):
+        super().__init__(generator, draw, cfg, total_steps)
+        self.at, self.measure, self.steps_done, self.points = at, measure, 0, []
+        self.started, self.measuring = time.perf_counter(), 0.0
+
+    def after_step(self) -> None:
+        super().after_step()
+        self.steps_done += 1
+        if self.steps_done not in self.at or self.steps_done >= self.total_steps:
+            return
+        t0 = time.perf_counter()
+        trained = t0 - self.started - self.measuring
+        raw = {k: p.detach().clone() for k, p in self.trainable.named_parameters()}
+        rng = torch.get_rng_state()
+        if self.ema is not None:
+            self.ema.copy_to(self.trainable)
+        self.eval()
+        with torch.no_grad():
+            figures = self.measure(self.steps_done)
+            for k, p in self.trainable.named_parameters():
+                p.copy_(raw[k])
+        torch.set_rng_state(rng)
+        self.train()
+        self.measuring += time.perf_counter() - t0
+        self.points.append((self.steps_done, figures, trained))
+
+
+def train_curve(model, head, prepared, steps: int, cfg, at: set[int], measure) -> tuple[dict, list, float]:
+    """``phase1.train_head`` with ``measure(step)`` called on the way (``CurveStage``): the last
+    losses, the points measured (``CurveStage.points``) and the seconds of training in all."""
+    model.eval()
+    stages = []
+
+    def make():
+        stages.append(CurveStage(head, head_batches(model, head, prepared, cfg), cfg, steps, at, measure))
+        return stages[-1]
+
+    last = run_stage(
+        make,
+        OptimConfig.of(cfg, clip_norm=1.0),
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        log=LossLog(None),
+        progress=False,
+    )
+    stage = stages[-1]
+    return last, stage.points, time.perf_counter() - stage.started - stage.measuring
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="a checkpoint with vae/ (a quickstart's model/)")
@@ -101,6 +163,12 @@ def main() -> None:
     ap.add_argument("--task", choices=("text2image", "tryon", "design"), required=True)
     ap.add_argument("--steps", default="500", help="U-Net steps, comma-separated (one run per length)")
     ap.add_argument("--variant", action="append", required=True, help="NAME:KEY=VALUE,... (repeatable)")
+    ap.add_argument(
+        "--eval-at",
+        default="",
+        help="also measure each run at these step counts on the way (comma-separated; "
+        'with lr_schedule="constant" each point equals a run of that length)',
+    )
     ap.add_argument("--split", default="val")
     ap.add_argument("--limit", type=int, default=150, help="prompts / try-on samples per setting")
     ap.add_argument("--json", default=None, help="write the table here too")
@@ -125,6 +193,7 @@ def main() -> None:
     samples = [s for s in val.tryon if s.paired and (args.task == "tryon" or s.sketch is not None)][: args.limit]
     samples += [s for s in val.tryon if not s.paired and (args.task == "tryon" or s.sketch is not None)][: args.limit]
     hw = product_hw(dcfg.image_size) if args.task == "text2image" else person_hw(dcfg.image_size)
+    at = {int(s) for s in args.eval_at.split(",") if s}
     rows = []
     for steps in (int(s) for s in args.steps.split(",") if s):
         for name, fields in (variant(v) for v in args.variant):
@@ -153,31 +222,34 @@ def main() -> None:
                 prepared = text2image_data(model, head, train, cache, progress=False)
             else:
                 prepared = inpaint_data(model, head, train, cache, progress=False)
-            t0 = time.perf_counter()
-            last = phase1.train_head(model, head, prepared, steps, cfg, LossLog(None), progress=False)
-            seconds = time.perf_counter() - t0
+            slug = "".join(c if c.isalnum() else "-" for c in name)
+
+            def measure(done: int, head=head, slug=slug) -> dict:
+                sheets = Path(args.samples) / f"{args.task}_{slug}_{done}.png" if args.samples else None
+                if args.task == "text2image":
+                    return measure_text(model, head, products, sheets)
+                return measure_person(model, head, samples, by_id, cache, sheets)
+
+            last, points, seconds = train_curve(model, head, prepared, steps, cfg, at, measure)
             head.eval()
             with torch.no_grad():
-                slug = "".join(c if c.isalnum() else "-" for c in name)
                 if args.save:
                     head.save_pretrained(Path(args.save) / f"{args.task}_{slug}_{steps}", with_vae=False)
-                sheets = Path(args.samples) / f"{args.task}_{slug}_{steps}.png" if args.samples else None
-                if args.task == "text2image":
-                    figures = measure_text(model, head, products, sheets)
-                else:
-                    figures = measure_person(model, head, samples, by_id, cache, sheets)
-            rows.append(
-                {
-                    "variant": name,
-                    "set": fields,
-                    "steps": steps,
-                    "train_seconds": round(seconds, 1),
-                    "seconds_per_step": round(seconds / steps, 3),
-                    "last_loss": round(float(last.get("loss", float("nan"))), 4),
-                    **figures,
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+                points.append((steps, measure(steps), seconds))
+            for done, figures, trained in points:
+                rows.append(
+                    {
+                        "variant": name,
+                        "set": fields,
+                        "steps": done,
+                        "of_run": steps,
+                        "train_seconds": round(trained, 1),
+                        "seconds_per_step": round(seconds / steps, 3),
+                        **({"last_loss": round(float(last.get("loss", float("nan"))), 4)} if done == steps else {}),
+                        **figures,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
     table = {"model": args.model, "data": args.data, "task": args.task, "split": args.split, "runs": rows}
     print(json.dumps(table, indent=1))
     if args.json:

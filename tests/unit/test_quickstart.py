@@ -258,3 +258,100 @@ def test_ablation_rows_and_resume(quickstart, tmp_path, capsys, monkeypatch):
     # Seeds must differ.
     assert cli.main([*args, "--resume", "--seeds", "0", "0"]) == 1
     assert "--seeds: expected one or more different seeds" in capsys.readouterr().err
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_head_curve_measured_on_the_way_is_the_shorter_run(quickstart, tmp_path, monkeypatch, capsys):
+    """``head_levers.py --eval-at``: the try-on head measured after 2 of 4 constant-rate steps draws
+    the very samples a run of 2 steps draws (and the run then goes on from its own weights, not the
+    EMA it was measured with: its 4-step samples differ)."""
+    script = _benchmark("head_levers")
+    common = ["head_levers", "--model", str(quickstart / "model"), "--data", str(quickstart / "data")]
+    common += ["--task", "tryon", "--limit", "3", "--variant", 'c:lr_schedule="constant",warmup_ratio=0.0']
+    monkeypatch.setattr("sys.argv", [*common, "--steps", "2", "--samples", str(tmp_path / "short")])
+    script.main()
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            *common,
+            "--steps",
+            "4",
+            "--eval-at",
+            "2",
+            "--samples",
+            str(tmp_path / "long"),
+            "--json",
+            str(tmp_path / "t.json"),
+        ],
+    )
+    script.main()
+    capsys.readouterr()
+    runs = json.loads((tmp_path / "t.json").read_text())["runs"]
+    assert [(r["steps"], r["of_run"]) for r in runs] == [(2, 4), (4, 4)]
+    assert runs[0]["train_seconds"] < runs[1]["train_seconds"]
+    for setting in ("paired", "unpaired"):
+        short = (tmp_path / "short" / f"tryon_c_2_{setting}.png").read_bytes()
+        assert short == (tmp_path / "long" / f"tryon_c_2_{setting}.png").read_bytes(), setting
+        assert short != (tmp_path / "long" / f"tryon_c_4_{setting}.png").read_bytes(), setting
+
+
+def test_the_phase1a_curve_trains_each_length_with_the_quickstart_config(quickstart, tmp_path, capsys):
+    """``phase1a_curve.py``: one phase-1a run per length, each with the size's config and only
+    ``phase1_epochs`` changed, measured on val (random-100 R@1 in both directions, composed)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))  # it imports phase2_levers beside it
+    try:
+        script = _benchmark("phase1a_curve")
+        args = ["--data", str(quickstart / "data"), "--size", "tiny", "--epochs", "0.5,1", "--work", str(tmp_path)]
+        args += ["--json", str(tmp_path / "curve.json"), "--seed", "2", "--set", "retrieval.weight_decay=0.01"]
+        script.main(args)
+    finally:
+        sys.path.pop(0)
+    assert "| phase 1a epochs |" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "curve.json").read_text())
+    assert [r["epochs"] for r in rows] == [0.5, 1.0]
+    for r in rows:
+        assert 0 <= r["r1_i2t"] <= 100 and 0 <= r["r1_t2i"] <= 100 and 0 <= r["composed_avg"] <= 100
+        trained = json.loads((tmp_path / f"epochs{r['epochs']:g}" / "config.json").read_text())
+        retrieval = trained["training"]["pipeline"]["config"]["retrieval"]
+        wanted = (r["epochs"], 2, 0.01, 16)  # the length, --seed, --set and the tiny size's batch
+        assert (
+            retrieval["phase1_epochs"],
+            retrieval["seed"],
+            retrieval["weight_decay"],
+            retrieval["batch_size"],
+        ) == wanted
+        assert trained["training"]["pipeline"]["config"]["run"]["stages"] == ["phase1a"]
+
+
+def test_the_dropout_gap_switches_dropout_per_path_and_group(quickstart, capsys):
+    """``dropout_gap.py``: evaluation mode is deterministic, dropout on changes the scores, and each
+    group's pattern names dropout layers that exist in the Q-Former."""
+    import re
+
+    import torch
+
+    from unifashion.models.retrieval import RetrievalModel
+
+    script = _benchmark("dropout_gap")
+    model = RetrievalModel.from_pretrained(quickstart / "model")
+    names = [n for n, m in model.qformer.named_modules() if isinstance(m, torch.nn.Dropout)]
+    for group, pattern in script.GROUPS.items():
+        assert any(re.search(pattern, n) for n in names), group
+    script.main([str(quickstart / "model"), "--data", str(quickstart / "data"), "--pairs", "128"])
+    out = json.loads(capsys.readouterr().out.splitlines()[0])["accuracy_loss"]
+    assert len(out) == 2 + len(script.GROUPS)
+    assert all(0 <= acc <= 100 for acc, _ in out.values())
+    script.main([str(quickstart / "model"), "--data", str(quickstart / "data"), "--pairs", "128"])
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["accuracy_loss"]["dropout off"] == out["dropout off"]
+    assert out["dropout on"][1] != out["dropout off"][1]
