@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     if len(products) < 64:
         raise SystemExit(f"{args.data} {args.split}: {len(products)} captioned products, need at least 64")
     texts = [p.captions[0] for p in products]
-    off, on = only("^$"), (lambda qf: qf.train())
-    cache = None
+    off, on = (lambda qf: qf.eval()), (lambda qf: qf.train())
+    table = None  # the frozen vision tower's features: the same for every model
     for folder in args.models:
         model = RetrievalModel.from_pretrained(folder).eval()
-        cache = cache or FeatureCache(model.vision)
-        table = FeatureTable.build([p.images[0] for p in products], cache, progress=False)
+        if table is None:
+            table = FeatureTable.build([p.images[0] for p in products], FeatureCache(model.vision), progress=False)
         rows = {"dropout off": in_batch(model, table, texts, off, off)}
         rows["dropout on"] = in_batch(model, table, texts, on, on)
         for group, pattern in GROUPS.items():

@@ -45,9 +45,8 @@ from unifashion.models.generator import Generator, to_pixels
 from unifashion.models.retrieval import RetrievalModel
 from unifashion.pipelines.generation import fit_image, paste_back, sample_inputs, text_condition
 from unifashion.training import phase1
-from unifashion.training.data import head_batches, inpaint_data, person_hw, product_hw, text2image_data
+from unifashion.training.data import inpaint_data, person_hw, product_hw, text2image_data
 from unifashion.training.loop import LossLog, seed_everything
-from unifashion.training.runner import OptimConfig, run_stage
 
 
 def variant(text: str) -> tuple[str, dict]:
@@ -107,7 +106,7 @@ class CurveStage(phase1.UNetStage):
     count in ``at`` (below its last step), then goes on training from the weights it had. Each point
     is (steps, figures, seconds of training so far, measuring not counted)."""
 
-    def __init__(self, generator, draw, cfg, total_steps: int, at: set[int], measure):
+    def __init__(self, generator, draw, cfg, total_steps: int, *, at: set[int], measure):
         super().__init__(generator, draw, cfg, total_steps)
         self.at, self.measure, self.steps_done, self.points = at, measure, 0, []
         self.started, self.measuring = time.perf_counter(), 0.0
@@ -137,21 +136,13 @@ class CurveStage(phase1.UNetStage):
 def train_curve(model, head, prepared, steps: int, cfg, at: set[int], measure) -> tuple[dict, list, float]:
     """``phase1.train_head`` with ``measure(step)`` called on the way (``CurveStage``): the last
     losses, the points measured (``CurveStage.points``) and the seconds of training in all."""
-    model.eval()
     stages = []
 
-    def make():
-        stages.append(CurveStage(head, head_batches(model, head, prepared, cfg), cfg, steps, at, measure))
+    def make(*args):
+        stages.append(CurveStage(*args, at=at, measure=measure))
         return stages[-1]
 
-    last = run_stage(
-        make,
-        OptimConfig.of(cfg, clip_norm=1.0),
-        seed=cfg.seed,
-        log_every=cfg.log_every,
-        log=LossLog(None),
-        progress=False,
-    )
+    last = phase1.train_head(model, head, prepared, steps, cfg, LossLog(None), progress=False, stage=make)
     stage = stages[-1]
     return last, stage.points, time.perf_counter() - stage.started - stage.measuring
 

@@ -17,6 +17,7 @@ and computes the loss of its process's shard in ``forward``; ``training/pipeline
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -403,14 +404,17 @@ def train_head(
     progress: bool = True,
     runner: StageRunner | None = None,
     resume: bool = False,
+    stage: Callable[..., UNetStage] = UNetStage,
 ) -> dict[str, float]:
     """``steps`` of q2I (Eq. 7) on ``image_adapter`` + U-Net + null condition; VAE and Q-Former frozen.
-    The weights end as their exponential moving average (``cfg.ema_decay``; 0 turns it off)."""
+    The weights end as their exponential moving average (``cfg.ema_decay``; 0 turns it off).
+    ``stage`` builds the stage from UNetStage's arguments (a subclass that also measures on the way:
+    ``benchmarks/head_levers.py``)."""
     model.eval()
     optim = OptimConfig.of(cfg, clip_norm=1.0)
     # The runner leaves the stage in eval mode (the VAE and U-Net with it).
     return run_stage(
-        lambda: UNetStage(generator, head_batches(model, generator, data, cfg), cfg, steps),
+        lambda: stage(generator, head_batches(model, generator, data, cfg), cfg, steps),
         optim,
         seed=cfg.seed,
         log_every=cfg.log_every,
