@@ -9,6 +9,25 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 
 
+@pytest.fixture
+def load_benchmark(monkeypatch):
+    """Loads a script of ``benchmarks/`` by name as a module, with that folder on ``sys.path`` as when
+    it is run (some import their neighbours)."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture(scope="session")
 def shop(tmp_path_factory):
     """A tiny model with every head but design (fewest steps) and a catalog of its data's products,

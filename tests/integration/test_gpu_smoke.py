@@ -2,9 +2,7 @@
 then captioning and generation through UniFashion on the chosen device. (On a CUDA machine the same
 script reports bf16 step times and peak memory.)"""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -21,18 +19,10 @@ STAGES = [
 ]
 
 
-def _script():
-    path = Path(__file__).parents[2] / "benchmarks" / "gpu_smoke.py"
-    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_gpu_smoke_script_runs_every_stage_of_both_pipelines(tmp_path, capsys, monkeypatch):
+def test_the_gpu_smoke_script_runs_every_stage_of_both_pipelines(tmp_path, capsys, monkeypatch, load_benchmark):
     import torch
 
-    script = _script()
+    script = load_benchmark("gpu_smoke")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert script.main([]) == 0
     assert "skipped" in json.loads(capsys.readouterr().out)

@@ -260,21 +260,11 @@ def test_ablation_rows_and_resume(quickstart, tmp_path, capsys, monkeypatch):
     assert "--seeds: expected one or more different seeds" in capsys.readouterr().err
 
 
-def _benchmark(name: str):
-    import importlib.util
-
-    path = Path(__file__).parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_head_curve_measured_on_the_way_is_the_shorter_run(quickstart, tmp_path, monkeypatch, capsys):
+def test_a_head_curve_measured_on_the_way_is_the_shorter_run(quickstart, tmp_path, monkeypatch, capsys, load_benchmark):
     """``head_levers.py --eval-at``: the try-on head measured after 2 of 4 constant-rate steps draws
     the very samples a run of 2 steps draws (and the run then goes on from its own weights, not the
     EMA it was measured with: its 4-step samples differ)."""
-    script = _benchmark("head_levers")
+    script = load_benchmark("head_levers")
     common = ["head_levers", "--model", str(quickstart / "model"), "--data", str(quickstart / "data")]
     common += ["--task", "tryon", "--limit", "3", "--variant", 'c:lr_schedule="constant",warmup_ratio=0.0']
     monkeypatch.setattr("sys.argv", [*common, "--steps", "2", "--samples", str(tmp_path / "short")])
@@ -304,19 +294,13 @@ def test_a_head_curve_measured_on_the_way_is_the_shorter_run(quickstart, tmp_pat
         assert short != (tmp_path / "long" / f"tryon_c_4_{setting}.png").read_bytes(), setting
 
 
-def test_the_phase1a_curve_trains_each_length_with_the_quickstart_config(quickstart, tmp_path, capsys):
+def test_the_phase1a_curve_trains_each_length_with_the_quickstart_config(quickstart, tmp_path, capsys, load_benchmark):
     """``phase1a_curve.py``: one phase-1a run per length, each with the size's config and only
     ``phase1_epochs`` changed, measured on val (random-100 R@1 in both directions, composed)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))  # it imports phase2_levers beside it
-    try:
-        script = _benchmark("phase1a_curve")
-        args = ["--data", str(quickstart / "data"), "--size", "tiny", "--epochs", "0.5,1", "--work", str(tmp_path)]
-        args += ["--json", str(tmp_path / "curve.json"), "--seed", "2", "--set", "retrieval.weight_decay=0.01"]
-        script.main(args)
-    finally:
-        sys.path.pop(0)
+    script = load_benchmark("phase1a_curve")
+    args = ["--data", str(quickstart / "data"), "--size", "tiny", "--epochs", "0.5,1", "--work", str(tmp_path)]
+    args += ["--json", str(tmp_path / "curve.json"), "--seed", "2", "--set", "retrieval.weight_decay=0.01"]
+    script.main(args)
     assert "| phase 1a epochs |" in capsys.readouterr().out
     rows = json.loads((tmp_path / "curve.json").read_text())
     assert [r["epochs"] for r in rows] == [0.5, 1.0]
@@ -334,7 +318,7 @@ def test_the_phase1a_curve_trains_each_length_with_the_quickstart_config(quickst
         assert trained["training"]["pipeline"]["config"]["run"]["stages"] == ["phase1a"]
 
 
-def test_the_dropout_gap_switches_dropout_per_path_and_group(quickstart, capsys):
+def test_the_dropout_gap_switches_dropout_per_path_and_group(quickstart, capsys, load_benchmark):
     """``dropout_gap.py``: evaluation mode is deterministic, dropout on changes the scores, and each
     group's pattern names dropout layers that exist in the Q-Former."""
     import re
@@ -343,7 +327,7 @@ def test_the_dropout_gap_switches_dropout_per_path_and_group(quickstart, capsys)
 
     from unifashion.models.retrieval import RetrievalModel
 
-    script = _benchmark("dropout_gap")
+    script = load_benchmark("dropout_gap")
     model = RetrievalModel.from_pretrained(quickstart / "model")
     names = [n for n, m in model.qformer.named_modules() if isinstance(m, torch.nn.Dropout)]
     for group, pattern in script.GROUPS.items():

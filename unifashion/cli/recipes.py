@@ -181,7 +181,7 @@ def register(sub) -> None:
         default="small",
         choices=tuple(SIZES),
         help="small: ~13 min on 2 CPU cores without native bf16 (2-3x faster with it); full: the size "
-        "of the quality targets (~1 h on 2 cores with native bf16, ~1 h 50 min estimated without); "
+        "of the quality targets (~1 h on 2 cores with native bf16, 2 h measured without); "
         "tiny: a one-minute smoke test with random tiny networks",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the data (and of training, unless --train-seed)")

@@ -9,8 +9,8 @@
 
 ``small`` (the default) took 12.7 minutes on 2 cores of a CPU without native bf16 (fp32), where
 bf16 CPUs run about 2-3 times as fast; ``full`` is the size at which the quality targets are judged
-(54-60 minutes on a CPU with native bf16; about 1 hour 50 minutes estimated on an Intel Xeon without,
-from its measured phase-1 stage times, which ran 2.0 times as long).
+(119.6 minutes on 2 cores of an Intel Xeon without native bf16; its earlier recipe, with 4 epochs of
+phase 1a, took 54-58 minutes on an AMD EPYC with bf16, where the 8 epochs add about 6).
 """
 
 from __future__ import annotations
@@ -59,14 +59,18 @@ SIZES = {
         generation_limit=32,
     ),
     # The size at which the quality targets are judged. Its step counts were set from per-step costs
-    # to fit 90 minutes on 2 CPU cores; run end to end it took 54-60 minutes on a CPU with native bf16,
-    # and its phase-1 stage times on an Intel Xeon without it (2.0x) put it at about 1 hour 50 minutes
-    # there (README, "The main job"; an estimate: the whole run has not been timed on such a CPU).
+    # to fit 90 minutes on 2 CPU cores with native bf16 (54-58 minutes with 4 epochs of phase 1a);
+    # run end to end on an Intel Xeon without bf16 it took 119.6 minutes (README, "The main job").
     "full": QuickstartSize(
         products=8000,
         image_size=128,
         training={
-            "retrieval": {"phase1_epochs": 4.0, "phase2_epochs": 1.5},
+            # Without the Q-Former's dropout, phase 1a keeps gaining past 4 epochs (with it, 8 epochs
+            # collapse in evaluation mode: 31.7 / 49.1), and phase 2 at 1e-4 keeps cross-modal recall:
+            # random-100 R@1 91.4 / 87.7 after phase 1a, 90.3 / 85.5 after phase 2 (one seed; README,
+            # "Phase 1a's length, and dropout").
+            "model": {"qformer": {"dropout": 0.0}},
+            "retrieval": {"phase1_epochs": 8.0, "phase2_epochs": 1.5, "phase2_lr": 1e-4},
             "captioning": {"epochs": 0.4},
             "generation": {"vae_steps": 800, "steps": 1200, "tryon_steps": 250, "design_steps": 250},
             "phase2": {"itg_rows": 4, "q2i_rows": 8},

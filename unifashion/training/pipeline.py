@@ -216,6 +216,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str) -> di
     return raw
 
 
+def _yaml_loader():
+    """PyYAML's safe loader, reading ``1e-06`` as a number as YAML 1.2 and JSON do (YAML 1.1 wants a
+    dot in the mantissa and reads it as a string; a checkpoint's JSON config writes it so)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # Tried after YAML 1.1's own number forms, so integers stay integers.
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    )
+    return Loader
+
+
 def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
     """A TOML or YAML file with the sections of :class:`PipelineConfig` (every one optional),
     with ``overrides`` (see :func:`apply_overrides`) applied."""
@@ -233,7 +250,7 @@ def load_pipeline_config(path: str | os.PathLike, overrides: list[str] | None = 
         import yaml
 
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = yaml.load(text, Loader=_yaml_loader()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     else:

@@ -138,6 +138,17 @@ def test_yaml_and_overrides(tmp_path, data):
     yaml_path = tmp_path / "run.yaml"
     yaml_path.write_text(yaml.safe_dump(tomllib.loads(toml_path.read_text())))
     assert load_pipeline_config(yaml_path) == load_pipeline_config(toml_path)
+    # ``1e-06`` (as JSON writes it; YAML 1.1 wants a dot) is a number, as YAML 1.2 reads it.
+    raw = yaml.safe_load(yaml_path.read_text())
+    raw["retrieval"]["adam_eps"] = "@EPS@"
+    dumped = yaml.safe_dump(raw).replace("'@EPS@'", "1e-06")
+    assert yaml.safe_load(dumped)["retrieval"]["adam_eps"] == "1e-06"  # PyYAML's own safe loader
+    yaml_path.write_text(dumped)
+    cfg = load_pipeline_config(yaml_path)  # integers stay integers (batch_size would be refused)
+    assert cfg.retrieval.adam_eps == 1e-06 and cfg.retrieval.batch_size == 16
+    yaml_path.write_text(dumped.replace("1e-06", "1e-0x"))
+    with pytest.raises(ConfigError, match=r"retrieval\.adam_eps: expected a number, got '1e-0x'"):
+        load_pipeline_config(yaml_path)
     cfg = load_pipeline_config(toml_path, ["retrieval.lr=0.001", "generation.tasks=['tryon']", "run.split=val"])
     assert cfg.retrieval.lr == 0.001 and cfg.generation.tasks == ("tryon",) and cfg.run.split == "val"
     with pytest.raises(ConfigError, match=r"SECTION\.KEY=VALUE"):
