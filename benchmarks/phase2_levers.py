@@ -18,6 +18,12 @@ on ``--split``, for MODEL itself and after each variant:
 - cross-modal random-100 R@1, image -> text and text -> image (ITC, at most 1,000 queries, seed 0:
   the quickstart's target figure).
 
+``--blend K ...`` adds, after each variant, a row per K: its weights blended with MODEL's (the stage's
+``phase2.blend = K``: each weight phase 2 trains becomes ``before + K * (after - before)``).
+``--t2i N`` adds the text-to-image garment colour of N ``--split`` prompts (the quickstart's
+measurement, MODEL's text-to-image head with each row's Q-Former and adapter; without the sampler
+sweep and the composed requests).
+
 ``--swap`` adds, after each variant, the row of its Q-Former with MODEL's caption adapter (what phase
 2 did to the image queries alone, without what it did to the adapter). Prints one JSON line per row,
 then the table.
@@ -35,14 +41,17 @@ from pathlib import Path
 import torch
 
 from unifashion.backbones.feature_cache import FeatureCache, FeatureTable
-from unifashion.checkpoint import CONFIG_FILE
+from unifashion.checkpoint import CONFIG_FILE, add_heads
 from unifashion.config import from_dict
 from unifashion.data.formats import read_split
 from unifashion.evaluation.captioning import evaluate_captioning_split
+from unifashion.evaluation.generation import GenerationEvalConfig, evaluate_generation
 from unifashion.evaluation.retrieval import evaluate_cir, evaluate_cmr
 from unifashion.pipelines.captioning import load_captioning_model
+from unifashion.pipelines.generation import load_image_head
 from unifashion.pipelines.retrieval import encode_images
 from unifashion.recipes.ablation import mean_recall
+from unifashion.training.phase2 import blend_weights, trained_modules, weights_of
 from unifashion.training.pipeline import PipelineConfig, apply_overrides, train_pipeline
 
 
@@ -84,6 +93,26 @@ def qformer_figures(model, val, cache) -> dict:
     }
 
 
+def t2i_figures(folder: Path, data: str, split: str, prompts: int) -> dict:
+    """Garment colour of the text-to-image head of ``folder`` on ``prompts`` prompts of ``split``
+    (its own sampler and steps, as the quickstart measures it)."""
+    cfg = GenerationEvalConfig(limit=prompts, sampler_sweep=(), composed=False)
+    text = evaluate_generation(folder, data, [split], cfg, progress=False)["splits"][split]["text"]
+    return {"t2i_colour": text["colour_accuracy"]}
+
+
+def blended(before: Path, after: Path, keep: float, out: Path, image_head: bool) -> Path:
+    """``after`` with every weight phase 2 trains moved back towards ``before``'s, into ``out``."""
+    start_model, start_captioner = load_captioning_model(before)
+    start_head = load_image_head(before, "text2image") if image_head else None
+    model, captioner = load_captioning_model(after)
+    head = load_image_head(after, "text2image") if image_head else None
+    modules = trained_modules(model, captioner, head)
+    blend_weights(modules, weights_of(trained_modules(start_model, start_captioner, start_head)), keep)
+    heads = {"text2image": head} if head is not None else None
+    return add_heads(after, out, qformer=model.qformer, captioner=captioner, image_heads=heads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", required=True, help="a pipeline checkpoint with a caption head, before phase 2")
@@ -92,6 +121,8 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--max-items", type=int, default=None, help="products captioned (default: all of --split)")
     ap.add_argument("--swap", action="store_true", help="also each variant's Q-Former with MODEL's adapter")
+    ap.add_argument("--blend", type=float, nargs="*", default=[], help="also each variant blended with MODEL")
+    ap.add_argument("--t2i", type=int, default=0, help="text-to-image colour on this many prompts (0: not measured)")
     ap.add_argument("--work", default=None, help="folder for the trained variants (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the table here too")
     args = ap.parse_args()
@@ -109,6 +140,7 @@ def main() -> None:
             "variant": "before phase 2",
             **caption_figures(model, captioner, val, train, cache, args.max_items),
             **qformer_figures(model, val, cache),
+            **(t2i_figures(before, args.data, args.split, args.t2i) if args.t2i else {}),
         }
     ]
     print(json.dumps(rows[-1]), flush=True)
@@ -133,9 +165,22 @@ def main() -> None:
                 "train_minutes": minutes,
                 **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
                 **qformer,
+                **(t2i_figures(out, args.data, args.split, args.t2i) if args.t2i else {}),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
+        for keep in args.blend:
+            mixed = blended(before, out, keep, work / f"variant{i}-blend{keep}", image_head=args.t2i > 0)
+            mixed_model, mixed_captioner = load_captioning_model(mixed)
+            rows.append(
+                {
+                    "variant": f"{name}, blend {keep}",
+                    **caption_figures(mixed_model, mixed_captioner, val, train, cache, args.max_items),
+                    **qformer_figures(mixed_model, val, cache),
+                    **(t2i_figures(mixed, args.data, args.split, args.t2i) if args.t2i else {}),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
         moved = any(not torch.equal(v, before_adapter[k]) for k, v in tuned_captioner.text_adapter.state_dict().items())
         # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
         if args.swap and moved and stages == ["phase2"]:
@@ -151,14 +196,14 @@ def main() -> None:
     print()
     print(
         "| variant | training min | CIDEr / NN | attributes correct / NN | composed avg | margin over best baseline "
-        "| random-100 R@1 i2t / t2i | mean recall |"
+        "| random-100 R@1 i2t / t2i | mean recall |" + (" text-to-image colour |" if args.t2i else "")
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if args.t2i else ""))
     for r in rows:
         print(
             f"| {r['variant']} | {r.get('train_minutes', '-')} | {r['cider']} / {r['cider_nn']} | "
             f"{r['attributes']} / {r['attributes_nn']} | {r['composed_avg']} | {r['composed_margin']} | "
-            f"{r['r1_i2t']} / {r['r1_t2i']} | {r['mean_recall']} |"
+            f"{r['r1_i2t']} / {r['r1_t2i']} | {r['mean_recall']} |" + (f" {r['t2i_colour']} |" if args.t2i else "")
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")

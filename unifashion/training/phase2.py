@@ -146,6 +146,32 @@ class Phase2Stage(EpochStage, nn.Module):
         return shard_token_mean(total, tokens, shard)
 
 
+def trained_modules(model: RetrievalModel, captioner=None, image_head: Generator | None = None) -> list[nn.Module]:
+    """What phase 2 can change: the Q-Former and the adapters of the heads it is given."""
+    modules: list[nn.Module] = [model.qformer]
+    if captioner is not None:
+        modules.append(captioner.text_adapter)
+    if image_head is not None:
+        modules.append(image_head.image_adapter)
+    return modules
+
+
+def weights_of(modules: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
+    """A copy of every tensor of ``modules``' state."""
+    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+
+
+def blend_weights(modules: list[nn.Module], before: list[dict[str, torch.Tensor]], keep: float) -> None:
+    """Weight-space ensembling of phase 2 with the model it started from (WiSE-FT, Wortsman et al.,
+    2022), in place: every floating tensor of ``modules`` becomes ``before + keep * (now - before)``
+    (``keep`` 1: as trained; 0: as before)."""
+    with torch.no_grad():
+        for module, start in zip(modules, before, strict=True):
+            for name, now in module.state_dict().items():
+                if now.is_floating_point():
+                    now.copy_(torch.lerp(start[name].to(now), now, keep))
+
+
 def train_phase2(
     model: RetrievalModel,
     items: TripletItems,

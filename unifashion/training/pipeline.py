@@ -121,6 +121,10 @@ class Phase2Config:
     # Rows per batch whose target image alone (Z_I, the path of plain captioning) also gets ITG of its
     # caption (Eq. 6 again), so that phase 2 keeps the image -> caption path it was trained on.
     itg_image_rows: int = 4
+    # Share of phase 2's change to the weights it trains (Q-Former and adapters) that is kept:
+    # w = w_before + blend * (w_trained - w_before), weight-space ensembling of phase 2 with the model
+    # it started from (WiSE-FT, Wortsman et al., 2022). 1: phase 2's weights as trained.
+    blend: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,8 @@ class PipelineConfig:
             betas = getattr(self, section).adam_betas
             if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
                 raise ConfigError(f"{where}: {section}.adam_betas: two numbers in [0, 1), got {list(betas)}")
+        if not 0.0 < self.phase2.blend <= 1.0:
+            raise ConfigError(f"{where}: phase2.blend: a share of phase 2's change in (0, 1], got {self.phase2.blend}")
         unknown = sorted(set(self.run.stages) - known)
         if unknown:
             raise ConfigError(
@@ -571,7 +577,13 @@ def _phase2_stage(p: Pipeline, model, data, table, cache, resume: bool) -> dict[
         )
     items = triplet_items(data, table)
     model.qformer.requires_grad_(True)
+    # The weights phase 2 trains, as it finds them (a resumed phase 2 too: the growing model holds
+    # them until the stage ends), for phase2.blend.
+    trained = phase2.trained_modules(model, captioner, image_head)
+    before = phase2.weights_of(trained) if cfg.blend < 1.0 else None
     last = phase2.train_phase2(model, items, table, p.cfg.retrieval, p.log, runner=p.runner, resume=resume, **heads)
+    if before is not None:
+        phase2.blend_weights(trained, before, cfg.blend)
     if p.main:
         _save_phase2(p, model, captioner, image_head)
     p.acc.wait_for_everyone()

@@ -270,6 +270,32 @@ def test_tryon_and_design_heads_can_start_from_the_text2image_head(full_run, tmp
             assert "started_from" not in summary["phase1b_tryon"]
 
 
+def test_phase2_blend_keeps_that_share_of_phase_2s_change(full_run, tmp_path, data):
+    """phase2.blend = 0.25: every weight phase 2 trains (Q-Former, caption adapter, image adapter)
+    ends a quarter of the way from where phase 2 started to where the same phase 2 (blend 1) ends;
+    what phase 2 does not train is untouched."""
+    model, _, _ = full_run
+    good = write_config(tmp_path, data)
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match=rf"phase2\.blend: a share of phase 2's change in \(0, 1\], got {bad}"):
+            load_pipeline_config(good, [f"phase2.blend={bad}"])
+    outs = {}
+    for blend in (1.0, 0.25):
+        cfg = load_pipeline_config(good, [f"phase2.blend={blend}", f"run.init_from='{model}'", "run.stages=['phase2']"])
+        outs[blend] = tmp_path / f"blend-{blend}"
+        train_pipeline(cfg, outs[blend])
+    trained = ("qformer.safetensors", "captioner/text_adapter.safetensors", "generator/adapter.safetensors")
+    for name in trained:
+        start, full, quarter = (load_file(folder / name) for folder in (model, outs[1.0], outs[0.25]))
+        moved = [k for k, v in full.items() if v.is_floating_point() and not torch.equal(v, start[k])]
+        assert moved, name  # phase 2 trained this part
+        for k, v in quarter.items():
+            torch.testing.assert_close(v, start[k] + 0.25 * (full[k] - start[k]), rtol=0, atol=1e-6, msg=k)
+    for key, digest in digests(model).items():
+        if key not in trained and key.endswith(".safetensors"):
+            assert digests(outs[0.25])[key] == digest, key
+
+
 def test_phase2_itg_answers_each_text_in_its_own_style_and_can_keep_the_adapter(full_run, data):
     """Phase 2's ITG targets are the target's captions and its title: a title is answered to the
     title instruction (not the description one); itg_image_rows adds ITG from the target image
