@@ -270,10 +270,11 @@ def test_tryon_and_design_heads_can_start_from_the_text2image_head(full_run, tmp
             assert "started_from" not in summary["phase1b_tryon"]
 
 
-def test_phase2_blend_keeps_that_share_of_phase_2s_change(full_run, tmp_path, data):
+def test_phase2_blend_keeps_that_share_of_phase_2s_change(full_run, tmp_path, data, load_benchmark):
     """phase2.blend = 0.25: every weight phase 2 trains (Q-Former, caption adapter, image adapter)
     ends a quarter of the way from where phase 2 started to where the same phase 2 (blend 1) ends;
-    what phase 2 does not train is untouched."""
+    what phase 2 does not train is untouched. ``phase2_levers.py --blend``'s rows, blended after
+    training, are the same model."""
     model, _, _ = full_run
     good = write_config(tmp_path, data)
     for bad in ("0", "1.5"):
@@ -294,6 +295,10 @@ def test_phase2_blend_keeps_that_share_of_phase_2s_change(full_run, tmp_path, da
     for key, digest in digests(model).items():
         if key not in trained and key.endswith(".safetensors"):
             assert digests(outs[0.25])[key] == digest, key
+    after = load_benchmark("phase2_levers").blended(model, outs[1.0], 0.25, tmp_path / "afterwards", image_head=True)
+    for name in trained:
+        for k, v in load_file(after / name).items():
+            torch.testing.assert_close(v, load_file(outs[0.25] / name)[k], rtol=0, atol=1e-6, msg=k)
 
 
 def test_phase2_itg_answers_each_text_in_its_own_style_and_can_keep_the_adapter(full_run, data):
