@@ -53,6 +53,7 @@ from unifashion.pipelines.retrieval import encode_images
 from unifashion.recipes.ablation import mean_recall
 from unifashion.training.phase2 import blend_weights, trained_modules, weights_of
 from unifashion.training.pipeline import PipelineConfig, apply_overrides, train_pipeline
+from unifashion.utils.io import atomic_write_json
 
 
 def variant(text: str) -> tuple[str, list[str]]:
@@ -93,6 +94,16 @@ def qformer_figures(model, val, cache) -> dict:
     }
 
 
+QFORMER_KEYS = ("composed_avg", "composed_margin", "r1_i2t", "r1_t2i", "mean_recall")
+
+
+def adapter_moved(out: Path, before_adapter: dict, trained) -> bool:
+    """Whether the variant in ``out`` changed the caption adapter (trained first where it is not there)."""
+    trained()
+    _, tuned_captioner = load_captioning_model(out)
+    return any(not torch.equal(v, before_adapter[k]) for k, v in tuned_captioner.text_adapter.state_dict().items())
+
+
 def t2i_figures(folder: Path, data: str, split: str, prompts: int) -> dict:
     """Garment colour of the text-to-image head of ``folder`` on ``prompts`` prompts of ``split``
     (its own sampler and steps, as the quickstart measures it)."""
@@ -101,16 +112,53 @@ def t2i_figures(folder: Path, data: str, split: str, prompts: int) -> dict:
     return {"t2i_colour": text["colour_accuracy"]}
 
 
-def blended(before: Path, after: Path, keep: float, out: Path, image_head: bool) -> Path:
-    """``after`` with every weight phase 2 trains moved back towards ``before``'s, into ``out``."""
-    start_model, start_captioner = load_captioning_model(before)
-    start_head = load_image_head(before, "text2image") if image_head else None
+Weights = list[dict[str, torch.Tensor]]
+
+
+def start_weights(before: Path, image_head: bool) -> Weights:
+    """MODEL's copy of every weight phase 2 trains (the start every blended row moves back towards)."""
+    model, captioner = load_captioning_model(before)
+    head = load_image_head(before, "text2image") if image_head else None
+    return weights_of(trained_modules(model, captioner, head))
+
+
+def blended(before: Path, after: Path, keep: float, out: Path, image_head: bool, start: Weights | None = None) -> Path:
+    """``after`` with every weight phase 2 trains moved back towards ``before``'s, into ``out``
+    (``start``: ``before``'s weights from :func:`start_weights`, read here when not given)."""
+    if start is None:
+        start = start_weights(before, image_head)
     model, captioner = load_captioning_model(after)
     head = load_image_head(after, "text2image") if image_head else None
-    modules = trained_modules(model, captioner, head)
-    blend_weights(modules, weights_of(trained_modules(start_model, start_captioner, start_head)), keep)
+    blend_weights(trained_modules(model, captioner, head), start, keep)
     heads = {"text2image": head} if head is not None else None
     return add_heads(after, out, qformer=model.qformer, captioner=captioner, image_heads=heads)
+
+
+class Rows:
+    """The table so far, written to ``path`` (atomically) after every row. Rows a run of the same
+    measurement (same MODEL, data, split, items, prompts and variants) left there are kept, and
+    not measured again: an interrupted run continues with the same command (phase 2 itself resumes
+    from its checkpoint in ``--work``)."""
+
+    def __init__(self, path: str | None, measurement: dict):
+        self.path, self.measurement, self.rows = Path(path) if path else None, measurement, []
+        self.done: dict[str, dict] = {}
+        if self.path and self.path.is_file():
+            kept = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(kept, dict) and kept.get("measurement") == measurement:
+                self.done = {r["variant"]: r for r in kept.get("rows", [])}
+
+    def add(self, name: str, measure) -> dict:
+        row = self.done.get(name)
+        if row is None:
+            row = {"variant": name, **measure()}
+        else:
+            print(f"(kept from {self.path}: {name})", flush=True)
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        if self.path:
+            atomic_write_json(self.path, {"measurement": self.measurement, "rows": self.rows})
+        return row
 
 
 def main() -> None:
@@ -135,17 +183,26 @@ def main() -> None:
     val, train = read_split(args.data, args.split), read_split(args.data, "train")
     model, captioner = load_captioning_model(before)
     cache = FeatureCache(model.vision)  # the frozen vision tower is the same in every variant
-    rows = [
-        {
-            "variant": "before phase 2",
+    measurement = {
+        "before": str(before.resolve()),
+        "data": str(Path(args.data).resolve()),
+        "split": args.split,
+        "max_items": args.max_items,
+        "t2i": args.t2i,
+        "variants": args.variant,
+    }
+    table = Rows(args.json, measurement)
+    table.add(
+        "before phase 2",
+        lambda: {
             **caption_figures(model, captioner, val, train, cache, args.max_items),
             **qformer_figures(model, val, cache),
             **(t2i_figures(before, args.data, args.split, args.t2i) if args.t2i else {}),
-        }
-    ]
-    print(json.dumps(rows[-1]), flush=True)
+        },
+    )
     work = Path(args.work or tempfile.mkdtemp(prefix="phase2-levers-"))
     before_adapter = captioner.text_adapter.state_dict()
+    start = start_weights(before, image_head=args.t2i > 0) if args.blend else None
     for i, (name, sets) in enumerate(variant(v) for v in args.variant):
         raw = copy.deepcopy(base)
         # A variant that changes the caption stage trains a fresh caption head first (on MODEL's Q-Former).
@@ -154,45 +211,56 @@ def main() -> None:
         raw["run"]["progress"] = False
         cfg = from_dict(PipelineConfig, apply_overrides(raw, sets, name), where=name)
         out = work / f"variant{i}"
-        t0 = time.perf_counter()
-        train_pipeline(cfg, out)
-        minutes = round((time.perf_counter() - t0) / 60, 1)
-        tuned, tuned_captioner = load_captioning_model(out)
-        qformer = qformer_figures(tuned, val, cache)
-        rows.append(
-            {
-                "variant": name,
-                "train_minutes": minutes,
+
+        def trained(cfg=cfg, out=out) -> dict:
+            """Trains the variant (or continues its interrupted training in ``--work``) unless it is there."""
+            if (out / CONFIG_FILE).is_file():
+                return {}
+            resumed = (out.parent / f"{out.name}.work" / "progress.json").is_file()
+            t0 = time.perf_counter()
+            train_pipeline(cfg, out, resume=resumed)
+            minutes = {"train_minutes": round((time.perf_counter() - t0) / 60, 1)}
+            return {**minutes, "resumed": True} if resumed else minutes
+
+        def measured(out=out) -> dict:
+            minutes = trained()
+            tuned, tuned_captioner = load_captioning_model(out)
+            return {
+                **minutes,
                 **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
-                **qformer,
+                **qformer_figures(tuned, val, cache),
                 **(t2i_figures(out, args.data, args.split, args.t2i) if args.t2i else {}),
             }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+
+        row = table.add(name, measured)
         for keep in args.blend:
-            mixed = blended(before, out, keep, work / f"variant{i}-blend{keep}", image_head=args.t2i > 0)
-            mixed_model, mixed_captioner = load_captioning_model(mixed)
-            rows.append(
-                {
-                    "variant": f"{name}, blend {keep}",
+
+            def mixed_figures(out=out, keep=keep, i=i) -> dict:
+                trained()
+                mixed = blended(before, out, keep, work / f"variant{i}-blend{keep}", args.t2i > 0, start)
+                mixed_model, mixed_captioner = load_captioning_model(mixed)
+                return {
                     **caption_figures(mixed_model, mixed_captioner, val, train, cache, args.max_items),
                     **qformer_figures(mixed_model, val, cache),
                     **(t2i_figures(mixed, args.data, args.split, args.t2i) if args.t2i else {}),
                 }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-        moved = any(not torch.equal(v, before_adapter[k]) for k, v in tuned_captioner.text_adapter.state_dict().items())
-        # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
-        if args.swap and moved and stages == ["phase2"]:
-            tuned_captioner.text_adapter.load_state_dict(before_adapter)
-            rows.append(
-                {
-                    "variant": f"{name}: its Q-Former, the adapter before phase 2",
+
+            table.add(f"{name}, blend {keep}", mixed_figures)
+        if args.swap and stages == ["phase2"]:
+
+            def swapped(out=out, row=row) -> dict:
+                trained()
+                tuned, tuned_captioner = load_captioning_model(out)
+                tuned_captioner.text_adapter.load_state_dict(before_adapter)
+                return {
                     **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
-                    **qformer,  # the same Q-Former as the row above
+                    **{k: row[k] for k in QFORMER_KEYS},  # the same Q-Former as the variant's row
                 }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+
+            # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
+            if adapter_moved(out, before_adapter, trained):
+                table.add(f"{name}: its Q-Former, the adapter before phase 2", swapped)
+    rows = table.rows
     print()
     print(
         "| variant | training min | CIDEr / NN | attributes correct / NN | composed avg | margin over best baseline "
@@ -206,7 +274,7 @@ def main() -> None:
             f"{r['r1_i2t']} / {r['r1_t2i']} | {r['mean_recall']} |" + (f" {r['t2i_colour']} |" if args.t2i else "")
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        print(f"(written to {args.json})")
 
 
 if __name__ == "__main__":

@@ -339,3 +339,16 @@ def test_the_dropout_gap_switches_dropout_per_path_and_group(quickstart, capsys,
     script.main([str(quickstart / "model"), "--data", str(quickstart / "data"), "--pairs", "128"])
     assert json.loads(capsys.readouterr().out.splitlines()[0])["accuracy_loss"]["dropout off"] == out["dropout off"]
     assert out["dropout on"][1] != out["dropout off"][1]
+
+
+def test_the_shipped_full_config_is_the_full_quickstarts_training():
+    """configs/quickstart-full.toml trains what ``quickstart --size full`` trains (so its stages can
+    be run on their own with ``unifashion train --config``): the same config, field for field."""
+    from unifashion.config import to_dict
+    from unifashion.recipes.quickstart import SIZES, training_config
+    from unifashion.training.pipeline import load_pipeline_config
+
+    shipped = load_pipeline_config(Path(__file__).parents[2] / "configs" / "quickstart-full.toml")
+    quickstart = training_config(Path(shipped.run.data), SIZES["full"], seed=0, progress=True)
+    assert to_dict(shipped) == to_dict(quickstart)
+    assert shipped.model_config().qformer.dropout == 0.0 and shipped.retrieval.phase1_epochs == 8.0  # not defaults

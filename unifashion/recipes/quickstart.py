@@ -61,6 +61,7 @@ SIZES = {
     # The size at which the quality targets are judged. Its step counts were set from per-step costs
     # to fit 90 minutes on 2 CPU cores with native bf16 (54-58 minutes with 4 epochs of phase 1a);
     # run end to end on an Intel Xeon without bf16 it took 119.6 minutes (README, "The main job").
+    # configs/quickstart-full.toml repeats its training settings (a test keeps the two equal).
     "full": QuickstartSize(
         products=8000,
         image_size=128,

@@ -301,6 +301,29 @@ def test_phase2_blend_keeps_that_share_of_phase_2s_change(full_run, tmp_path, da
             torch.testing.assert_close(v, load_file(outs[0.25] / name)[k], rtol=0, atol=1e-6, msg=k)
 
 
+def test_phase2_levers_keeps_the_rows_an_interrupted_run_of_the_same_measurement_wrote(tmp_path, load_benchmark):
+    """``phase2_levers.py --json``: written after every row; run again, rows of the same measurement
+    are kept (not measured again), rows of another measurement are not."""
+    Rows = load_benchmark("phase2_levers").Rows
+    path, calls = tmp_path / "table.json", []
+
+    def measure(value):
+        return lambda: calls.append(value) or {"r1_t2i": value}
+
+    first = Rows(str(path), {"before": "m", "t2i": 150})
+    first.add("before phase 2", measure(86.2))
+    assert json.loads(path.read_text())["rows"] == [{"variant": "before phase 2", "r1_t2i": 86.2}]
+    again = Rows(str(path), {"before": "m", "t2i": 150})
+    assert again.add("before phase 2", measure(0.0)) == {"variant": "before phase 2", "r1_t2i": 86.2}
+    again.add("blend 0.5", measure(87.0))
+    assert calls == [86.2, 87.0] and [r["variant"] for r in json.loads(path.read_text())["rows"]] == [
+        "before phase 2",
+        "blend 0.5",
+    ]
+    other = Rows(str(path), {"before": "m", "t2i": 50})
+    assert other.add("before phase 2", measure(1.0))["r1_t2i"] == 1.0 and calls[-1] == 1.0
+
+
 def test_phase2_itg_answers_each_text_in_its_own_style_and_can_keep_the_adapter(full_run, data):
     """Phase 2's ITG targets are the target's captions and its title: a title is answered to the
     title instruction (not the description one); itg_image_rows adds ITG from the target image
@@ -802,7 +825,7 @@ def test_a_shop_catalog_without_triplets_or_persons_trains_what_it_can(tmp_path,
     assert len(model.caption(photos[:2], "description", max_new_tokens=4, bf16=False)) == 2
 
 
-@pytest.mark.parametrize("name", ["full.toml", "tiny.toml"])
+@pytest.mark.parametrize("name", ["full.toml", "quickstart-full.toml", "tiny.toml"])
 def test_shipped_configs_load(name):
     cfg = load_pipeline_config(Path(__file__).parents[3] / "configs" / name)
     assert cfg.run.data and cfg.generation.tasks == ("text2image", "tryon", "design")
