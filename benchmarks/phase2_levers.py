@@ -136,7 +136,7 @@ def blended(before: Path, after: Path, keep: float, out: Path, image_head: bool,
 
 class Rows:
     """The table so far, written to ``path`` (atomically) after every row. Rows a run of the same
-    measurement (same MODEL, data, split, items, prompts and variants) left there are kept, and
+    measurement (same MODEL, data, split, items and prompts; same changes of the variant) left there are kept, and
     not measured again: an interrupted run continues with the same command (phase 2 itself resumes
     from its checkpoint in ``--work``)."""
 
@@ -148,10 +148,12 @@ class Rows:
             if isinstance(kept, dict) and kept.get("measurement") == measurement:
                 self.done = {r["variant"]: r for r in kept.get("rows", [])}
 
-    def add(self, name: str, measure) -> dict:
+    def add(self, name: str, measure, settings: list[str] | None = None) -> dict:
+        """The row ``name``: kept from the file when it was measured with the same ``settings``
+        (the variant's changes), else ``measure()``."""
         row = self.done.get(name)
-        if row is None:
-            row = {"variant": name, **measure()}
+        if row is None or row.get("settings") != settings:
+            row = {"variant": name, **({"settings": settings} if settings is not None else {}), **measure()}
         else:
             print(f"(kept from {self.path}: {name})", flush=True)
         self.rows.append(row)
@@ -189,7 +191,6 @@ def main() -> None:
         "split": args.split,
         "max_items": args.max_items,
         "t2i": args.t2i,
-        "variants": args.variant,
     }
     table = Rows(args.json, measurement)
     table.add(
@@ -232,7 +233,7 @@ def main() -> None:
                 **(t2i_figures(out, args.data, args.split, args.t2i) if args.t2i else {}),
             }
 
-        row = table.add(name, measured)
+        row = table.add(name, measured, sets)
         for keep in args.blend:
 
             def mixed_figures(out=out, keep=keep, i=i) -> dict:
@@ -245,7 +246,7 @@ def main() -> None:
                     **(t2i_figures(mixed, args.data, args.split, args.t2i) if args.t2i else {}),
                 }
 
-            table.add(f"{name}, blend {keep}", mixed_figures)
+            table.add(f"{name}, blend {keep}", mixed_figures, sets)
         if args.swap and stages == ["phase2"]:
 
             def swapped(out=out, row=row) -> dict:
@@ -259,7 +260,7 @@ def main() -> None:
 
             # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
             if adapter_moved(out, before_adapter, trained):
-                table.add(f"{name}: its Q-Former, the adapter before phase 2", swapped)
+                table.add(f"{name}: its Q-Former, the adapter before phase 2", swapped, sets)
     rows = table.rows
     print()
     print(

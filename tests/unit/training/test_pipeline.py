@@ -303,7 +303,7 @@ def test_phase2_blend_keeps_that_share_of_phase_2s_change(full_run, tmp_path, da
 
 def test_phase2_levers_keeps_the_rows_an_interrupted_run_of_the_same_measurement_wrote(tmp_path, load_benchmark):
     """``phase2_levers.py --json``: written after every row; run again, rows of the same measurement
-    are kept (not measured again), rows of another measurement are not."""
+    are kept (not measured again), rows of another measurement or of other variant changes are not."""
     Rows = load_benchmark("phase2_levers").Rows
     path, calls = tmp_path / "table.json", []
 
@@ -320,6 +320,9 @@ def test_phase2_levers_keeps_the_rows_an_interrupted_run_of_the_same_measurement
         "before phase 2",
         "blend 0.5",
     ]
+    changed = Rows(str(path), {"before": "m", "t2i": 150})
+    changed.add("blend 0.5", measure(87.0), settings=["phase2.q2i_rows=4"])  # the same name, other changes
+    assert calls[-1] == 87.0 and len(calls) == 3
     other = Rows(str(path), {"before": "m", "t2i": 50})
     assert other.add("before phase 2", measure(1.0))["r1_t2i"] == 1.0 and calls[-1] == 1.0
 
