@@ -255,7 +255,8 @@ def main() -> None:
                 tuned_captioner.text_adapter.load_state_dict(before_adapter)
                 return {
                     **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
-                    **{k: row[k] for k in QFORMER_KEYS},  # the same Q-Former as the variant's row
+                    # The same Q-Former (and text-to-image adapter) as the variant's row.
+                    **{k: row[k] for k in (*QFORMER_KEYS, "t2i_colour") if k in row},
                 }
 
             # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
@@ -269,10 +270,11 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|" + ("---|" if args.t2i else ""))
     for r in rows:
+        colour = f" {r.get('t2i_colour', '-')} |" if args.t2i else ""
         print(
             f"| {r['variant']} | {r.get('train_minutes', '-')} | {r['cider']} / {r['cider_nn']} | "
             f"{r['attributes']} / {r['attributes_nn']} | {r['composed_avg']} | {r['composed_margin']} | "
-            f"{r['r1_i2t']} / {r['r1_t2i']} | {r['mean_recall']} |" + (f" {r['t2i_colour']} |" if args.t2i else "")
+            f"{r['r1_i2t']} / {r['r1_t2i']} | {r['mean_recall']} |" + colour
         )
     if args.json:
         print(f"(written to {args.json})")
