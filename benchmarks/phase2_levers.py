@@ -97,13 +97,6 @@ def qformer_figures(model, val, cache) -> dict:
 QFORMER_KEYS = ("composed_avg", "composed_margin", "r1_i2t", "r1_t2i", "mean_recall")
 
 
-def adapter_moved(out: Path, before_adapter: dict, trained) -> bool:
-    """Whether the variant in ``out`` changed the caption adapter (trained first where it is not there)."""
-    trained()
-    _, tuned_captioner = load_captioning_model(out)
-    return any(not torch.equal(v, before_adapter[k]) for k, v in tuned_captioner.text_adapter.state_dict().items())
-
-
 def t2i_figures(folder: Path, data: str, split: str, prompts: int) -> dict:
     """Garment colour of the text-to-image head of ``folder`` on ``prompts`` prompts of ``split``
     (its own sampler and steps, as the quickstart measures it)."""
@@ -115,18 +108,13 @@ def t2i_figures(folder: Path, data: str, split: str, prompts: int) -> dict:
 Weights = list[dict[str, torch.Tensor]]
 
 
-def start_weights(before: Path, image_head: bool) -> Weights:
-    """MODEL's copy of every weight phase 2 trains (the start every blended row moves back towards)."""
-    model, captioner = load_captioning_model(before)
-    head = load_image_head(before, "text2image") if image_head else None
-    return weights_of(trained_modules(model, captioner, head))
-
-
 def blended(before: Path, after: Path, keep: float, out: Path, image_head: bool, start: Weights | None = None) -> Path:
     """``after`` with every weight phase 2 trains moved back towards ``before``'s, into ``out``
-    (``start``: ``before``'s weights from :func:`start_weights`, read here when not given)."""
+    (``start``: ``weights_of(trained_modules(...))`` of ``before``, read here when not given)."""
     if start is None:
-        start = start_weights(before, image_head)
+        start_model, start_captioner = load_captioning_model(before)
+        start_head = load_image_head(before, "text2image") if image_head else None
+        start = weights_of(trained_modules(start_model, start_captioner, start_head))
     model, captioner = load_captioning_model(after)
     head = load_image_head(after, "text2image") if image_head else None
     blend_weights(trained_modules(model, captioner, head), start, keep)
@@ -203,7 +191,9 @@ def main() -> None:
     )
     work = Path(args.work or tempfile.mkdtemp(prefix="phase2-levers-"))
     before_adapter = captioner.text_adapter.state_dict()
-    start = start_weights(before, image_head=args.t2i > 0) if args.blend else None
+    # MODEL's weights, the start every blended row moves back towards (its Q-Former and caption head are loaded).
+    start_head = load_image_head(before, "text2image") if args.blend and args.t2i else None
+    start = weights_of(trained_modules(model, captioner, start_head)) if args.blend else None
     for i, (name, sets) in enumerate(variant(v) for v in args.variant):
         raw = copy.deepcopy(base)
         # A variant that changes the caption stage trains a fresh caption head first (on MODEL's Q-Former).
@@ -248,19 +238,20 @@ def main() -> None:
 
             table.add(f"{name}, blend {keep}", mixed_figures, sets)
         if args.swap and stages == ["phase2"]:
-
-            def swapped(out=out, row=row) -> dict:
-                trained()
-                tuned, tuned_captioner = load_captioning_model(out)
-                tuned_captioner.text_adapter.load_state_dict(before_adapter)
-                return {
-                    **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
-                    # The same Q-Former (and text-to-image adapter) as the variant's row.
-                    **{k: row[k] for k in (*QFORMER_KEYS, "t2i_colour") if k in row},
-                }
-
+            trained()
+            tuned, tuned_captioner = load_captioning_model(out)
+            adapter = tuned_captioner.text_adapter.state_dict()
             # (nothing to swap where the adapter stayed as it was, or where the variant trained its own head)
-            if adapter_moved(out, before_adapter, trained):
+            if any(not torch.equal(v, before_adapter[k]) for k, v in adapter.items()):
+
+                def swapped(tuned=tuned, tuned_captioner=tuned_captioner, row=row) -> dict:
+                    tuned_captioner.text_adapter.load_state_dict(before_adapter)
+                    return {
+                        **caption_figures(tuned, tuned_captioner, val, train, cache, args.max_items),
+                        # The same Q-Former (and text-to-image adapter) as the variant's row.
+                        **{k: row[k] for k in (*QFORMER_KEYS, "t2i_colour") if k in row},
+                    }
+
                 table.add(f"{name}: its Q-Former, the adapter before phase 2", swapped, sets)
     rows = table.rows
     print()
